@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both install what is missing on first use (system packages as root, the .venv)
+# and are quick no-ops after that.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kiln-installed
+
+.PHONY: demo test lint unit lab-test host-packages venv clean
+
+# System packages the lab and the tests use: every name in lab/host-packages.txt.
+host-packages:
+	@bash lab/ensure-host-packages lab/host-packages.txt
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+# Lab tests need root and the lab's packages; they start and stop their own lab.
+lab-test: venv host-packages
+	$(BIN)/pytest tests/lab
+
+test: venv host-packages
+	$(BIN)/ruff check .
+	$(BIN)/pytest tests
+
+demo: venv host-packages
+	@$(BIN)/kiln demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

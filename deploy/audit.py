@@ -1,0 +1,8 @@
+"""Drift audit: compare every node with its manifest and report; changes nothing.
+
+    pyinfra inventory/prod.py deploy/audit.py
+"""
+
+from roles.audit import audit
+
+audit()

@@ -1,0 +1,9 @@
+# Where kiln finds credentials (never in the inventory itself).
+# Environment variables win: KILN_BMC_USERNAME, KILN_BMC_PASSWORD, KILN_MAAS_API_KEY,
+# KILN_UFM_USERNAME, KILN_UFM_PASSWORD (a node's BMC `credentials: bmc-gpu-017` reads
+# KILN_BMC_GPU_017_USERNAME …). Otherwise the secrets file below, which must be mode 0600.
+kiln_secrets_env_prefix = "KILN_"
+kiln_secrets_file = "/etc/kiln/secrets.yaml"
+
+# Manifests (firmware/<sku>.yaml) and the ledger.
+kiln_ledger = "state/kiln.db"

@@ -1,0 +1,1 @@
+"""kiln's lab: a simulated GPU cluster on one Linux machine (see lab/README.md)."""

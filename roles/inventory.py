@@ -1,0 +1,251 @@
+"""The cluster inventory: a human-edited YAML file of racks and nodes, validated whole.
+
+`inventory/prod.py` (a pyinfra inventory file) calls `pyinfra_groups()` on this model. The
+file holds no credentials: those come from the environment or a 0600 secrets file
+(roles/secrets.py), named in group data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from roles.errors import ValidationFailed, pydantic_problems
+from roles.manifest import known_skus
+from roles.yamlfile import read_yaml_mapping
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_GROUP = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _address(value: str) -> str:
+    """An IP address or a DNS name; what a BMC or node is reached at."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value) and not value.replace(
+        ".", ""
+    ).isdigit():
+        return value.lower()
+    raise ValueError(f"{value!r} is neither an IP address nor a host name")
+
+
+class BMC(Strict):
+    address: str
+    protocol: Literal["redfish", "ipmi"] = "redfish"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # Turning certificate checks off is explicit, per BMC, and every run reports it.
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    # Which credential entry to use (secrets file key / env var prefix); default "bmc".
+    credentials: str = "bmc"
+
+    @field_validator("address")
+    @classmethod
+    def _reachable_address(cls, value: str) -> str:
+        return _address(value)
+
+
+class MAASIdentity(Strict):
+    system_id: str | None = None
+    hostname: str | None = None
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> MAASIdentity:
+        if not self.system_id and not self.hostname:
+            raise ValueError("give system_id or hostname")
+        return self
+
+
+class Node(Strict):
+    hostname: str
+    sku: str
+    role: Literal["gpu", "service", "ufm"]
+    address: str  # management network address kiln reaches the OS at
+    bmc: BMC
+    maas: MAASIdentity | None = None
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not _HOSTNAME.match(value):
+            raise ValueError(f"{value!r} is not a valid host name (lowercase letters, digits, -)")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _reachable_address(cls, value: str) -> str:
+        return _address(value)
+
+    def maas_identity(self) -> MAASIdentity:
+        """MAAS knows a node by system id when given, else by its hostname."""
+        return self.maas or MAASIdentity(hostname=self.hostname)
+
+
+class Rack(Strict):
+    name: str
+    nodes: list[Node]
+
+    @field_validator("name")
+    @classmethod
+    def _group_name(cls, value: str) -> str:
+        if not _GROUP.match(value):
+            raise ValueError(f"{value!r}: rack names become pyinfra groups; use [A-Za-z0-9_]")
+        return value
+
+
+class NodeDefaults(Strict):
+    ssh_user: str = "ubuntu"
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    ssh_key: str | None = None
+
+
+class Cluster(Strict):
+    cluster: str
+    defaults: NodeDefaults = NodeDefaults()
+    racks: list[Rack]
+
+    def nodes(self) -> list[tuple[Rack, Node]]:
+        return [(rack, node) for rack in self.racks for node in rack.nodes]
+
+
+def _duplicates(values: list[str]) -> list[str]:
+    return sorted(value for value, count in Counter(values).items() if count > 1)
+
+
+def _consistency_problems(source: str, cluster: Cluster, skus: list[str]) -> list[str]:
+    """Rules that span nodes: unique names and addresses, SKUs that have a manifest."""
+    problems = []
+    located = [
+        (f"racks.{r}.nodes.{n}", node)
+        for r, rack in enumerate(cluster.racks)
+        for n, node in enumerate(rack.nodes)
+    ]
+    for name in _duplicates([node.hostname for _, node in located]):
+        where = ", ".join(p for p, node in located if node.hostname == name)
+        problems.append(f"{source}: duplicate hostname {name!r} ({where})")
+    for addr in _duplicates([node.bmc.address for _, node in located]):
+        names = ", ".join(node.hostname for _, node in located if node.bmc.address == addr)
+        problems.append(f"{source}: duplicate BMC address {addr} (nodes {names})")
+    for addr in _duplicates([node.address for _, node in located]):
+        names = ", ".join(node.hostname for _, node in located if node.address == addr)
+        problems.append(f"{source}: duplicate node address {addr} (nodes {names})")
+    shared = {node.address for _, node in located} & {node.bmc.address for _, node in located}
+    for addr in sorted(shared):
+        problems.append(f"{source}: address {addr} is used both by a node and by a BMC")
+    for rack in _duplicates([rack.name for rack in cluster.racks]):
+        problems.append(f"{source}: duplicate rack name {rack!r}")
+    for system_id in _duplicates(
+        [node.maas.system_id for _, node in located if node.maas and node.maas.system_id]
+    ):
+        problems.append(f"{source}: duplicate MAAS system_id {system_id!r}")
+    for path, node in located:
+        if node.sku not in skus:
+            known = ", ".join(skus) or "none"
+            problems.append(
+                f"{source}: {path}.sku: unknown SKU {node.sku!r} for node {node.hostname} "
+                f"(no firmware/{node.sku}.yaml; known: {known})"
+            )
+    return problems
+
+
+def _missing_bmc_problems(source: str, document: dict[str, Any]) -> dict[str, str]:
+    """Name the node, not just the path, when a node has no BMC: the commonest slip.
+
+    Returns field path -> message, so the generic "field required" for it can be dropped.
+    """
+    problems: dict[str, str] = {}
+    racks = document.get("racks")
+    if not isinstance(racks, list):
+        return problems
+    for r, rack in enumerate(racks):
+        nodes = rack.get("nodes") if isinstance(rack, dict) else None
+        for n, node in enumerate(nodes if isinstance(nodes, list) else []):
+            if isinstance(node, dict) and not node.get("bmc"):
+                name = node.get("hostname", "?")
+                path = f"racks.{r}.nodes.{n}.bmc"
+                problems[path] = (
+                    f"{source}: {path}: node {name} has no BMC "
+                    "(every node needs one: kiln powers and images nodes through it)"
+                )
+    return problems
+
+
+def load_cluster(path: Path | str, firmware_dir: Path | str) -> Cluster:
+    """Read and validate an inventory file; raise with every problem, or return it whole."""
+    path, firmware_dir = Path(path), Path(firmware_dir)
+    document = read_yaml_mapping(path)
+    bmc_problems = _missing_bmc_problems(str(path), document)
+    try:
+        cluster = Cluster.model_validate(document)
+    except ValidationError as exc:
+        problems = list(bmc_problems.values())
+        for problem in pydantic_problems(str(path), exc):
+            field_path = problem.removeprefix(f"{path}: ").split(": ", 1)[0]
+            if not any(field_path.startswith(bmc_path) for bmc_path in bmc_problems):
+                problems.append(problem)
+        raise ValidationFailed(problems) from None
+    problems = _consistency_problems(str(path), cluster, known_skus(firmware_dir))
+    if problems:
+        raise ValidationFailed(problems)
+    return cluster
+
+
+def host_data(cluster: Cluster, rack: Rack, node: Node) -> dict[str, Any]:
+    """The pyinfra host data of one node: SSH target plus what kiln's roles read."""
+    data: dict[str, Any] = {
+        "ssh_hostname": node.address,
+        "ssh_user": cluster.defaults.ssh_user,
+        "ssh_port": node.ssh_port or cluster.defaults.ssh_port,
+        "kiln_cluster": cluster.cluster,
+        "kiln_node": node.hostname,
+        "kiln_sku": node.sku,
+        "kiln_role": node.role,
+        "kiln_rack": rack.name,
+        "kiln_bmc": node.bmc.model_dump(),
+        "kiln_maas": node.maas_identity().model_dump(),
+    }
+    if cluster.defaults.ssh_key:
+        data["ssh_key"] = cluster.defaults.ssh_key
+    return data
+
+
+def pyinfra_groups(cluster: Cluster) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Groups for a pyinfra inventory: one per role (gpu, service, ufm) and one per rack."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {"gpu": [], "service": [], "ufm": []}
+    for rack in cluster.racks:
+        groups[f"rack_{rack.name}"] = []
+    for rack, node in cluster.nodes():
+        entry = (node.hostname, host_data(cluster, rack, node))
+        groups[node.role].append(entry)
+        groups[f"rack_{rack.name}"].append(entry)
+    return {name: hosts for name, hosts in groups.items() if hosts}
+
+
+def inventory_groups(yaml_path: Path | str, firmware_dir: Path | str) -> dict[str, list]:
+    """What an inventory/*.py file exposes to pyinfra: `@metal/<node>` hosts by group.
+
+    Bad input raises pyinfra's InventoryError listing every problem, so pyinfra prints the
+    message (file, field, node) instead of a traceback, and no host is loaded.
+    """
+    from pyinfra.api.exceptions import InventoryError
+
+    try:
+        cluster = load_cluster(yaml_path, firmware_dir)
+    except ValidationFailed as exc:
+        raise InventoryError("invalid inventory:\n  " + "\n  ".join(exc.problems)) from None
+    return {
+        group: [(f"@metal/{name}", data) for name, data in hosts]
+        for group, hosts in pyinfra_groups(cluster).items()
+    }
