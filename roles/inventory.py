@@ -124,38 +124,62 @@ def _duplicates(values: list[str]) -> list[str]:
     return sorted(value for value, count in Counter(values).items() if count > 1)
 
 
-def _consistency_problems(source: str, cluster: Cluster, skus: list[str]) -> list[str]:
-    """Rules that span nodes: unique names and addresses, SKUs that have a manifest."""
+def _raw_nodes(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(field path, node mapping) for every node in the raw document, valid or not."""
+    found = []
+    racks = document.get("racks")
+    for r, rack in enumerate(racks if isinstance(racks, list) else []):
+        nodes = rack.get("nodes") if isinstance(rack, dict) else None
+        for n, node in enumerate(nodes if isinstance(nodes, list) else []):
+            if isinstance(node, dict):
+                found.append((f"racks.{r}.nodes.{n}", node))
+    return found
+
+
+def _text(mapping: object, key: str) -> str | None:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return str(value) if value is not None else None
+
+
+def _consistency_problems(source: str, document: dict[str, Any], skus: list[str]) -> list[str]:
+    """Rules that span nodes: unique names and addresses, SKUs that have a manifest.
+
+    Run on the raw document, so they are reported alongside per-field errors.
+    """
     problems = []
-    located = [
-        (f"racks.{r}.nodes.{n}", node)
-        for r, rack in enumerate(cluster.racks)
-        for n, node in enumerate(rack.nodes)
-    ]
-    for name in _duplicates([node.hostname for _, node in located]):
-        where = ", ".join(p for p, node in located if node.hostname == name)
+    located = _raw_nodes(document)
+
+    def name_of(node: dict[str, Any]) -> str:
+        return _text(node, "hostname") or "?"
+
+    hostnames = [(path, _text(node, "hostname")) for path, node in located]
+    for name in _duplicates([h for _, h in hostnames if h]):
+        where = ", ".join(path for path, h in hostnames if h == name)
         problems.append(f"{source}: duplicate hostname {name!r} ({where})")
-    for addr in _duplicates([node.bmc.address for _, node in located]):
-        names = ", ".join(node.hostname for _, node in located if node.bmc.address == addr)
+    bmcs = [(name_of(node), _text(node.get("bmc"), "address")) for _, node in located]
+    for addr in _duplicates([a for _, a in bmcs if a]):
+        names = ", ".join(name for name, a in bmcs if a == addr)
         problems.append(f"{source}: duplicate BMC address {addr} (nodes {names})")
-    for addr in _duplicates([node.address for _, node in located]):
-        names = ", ".join(node.hostname for _, node in located if node.address == addr)
+    addresses = [(name_of(node), _text(node, "address")) for _, node in located]
+    for addr in _duplicates([a for _, a in addresses if a]):
+        names = ", ".join(name for name, a in addresses if a == addr)
         problems.append(f"{source}: duplicate node address {addr} (nodes {names})")
-    shared = {node.address for _, node in located} & {node.bmc.address for _, node in located}
+    shared = {a for _, a in addresses if a} & {a for _, a in bmcs if a}
     for addr in sorted(shared):
         problems.append(f"{source}: address {addr} is used both by a node and by a BMC")
-    for rack in _duplicates([rack.name for rack in cluster.racks]):
+    racks = document.get("racks") if isinstance(document.get("racks"), list) else []
+    for rack in _duplicates([r for r in (_text(rack, "name") for rack in racks) if r]):
         problems.append(f"{source}: duplicate rack name {rack!r}")
-    for system_id in _duplicates(
-        [node.maas.system_id for _, node in located if node.maas and node.maas.system_id]
-    ):
+    system_ids = [_text(node.get("maas"), "system_id") for _, node in located]
+    for system_id in _duplicates([s for s in system_ids if s]):
         problems.append(f"{source}: duplicate MAAS system_id {system_id!r}")
     for path, node in located:
-        if node.sku not in skus:
+        sku = _text(node, "sku")
+        if sku is not None and sku not in skus:
             known = ", ".join(skus) or "none"
             problems.append(
-                f"{source}: {path}.sku: unknown SKU {node.sku!r} for node {node.hostname} "
-                f"(no firmware/{node.sku}.yaml; known: {known})"
+                f"{source}: {path}.sku: unknown SKU {sku!r} for node {name_of(node)} "
+                f"(no firmware/{sku}.yaml; known: {known})"
             )
     return problems
 
@@ -187,17 +211,17 @@ def load_cluster(path: Path | str, firmware_dir: Path | str) -> Cluster:
     path, firmware_dir = Path(path), Path(firmware_dir)
     document = read_yaml_mapping(path)
     bmc_problems = _missing_bmc_problems(str(path), document)
+    problems = list(bmc_problems.values())
+    cluster = None
     try:
         cluster = Cluster.model_validate(document)
     except ValidationError as exc:
-        problems = list(bmc_problems.values())
         for problem in pydantic_problems(str(path), exc):
             field_path = problem.removeprefix(f"{path}: ").split(": ", 1)[0]
             if not any(field_path.startswith(bmc_path) for bmc_path in bmc_problems):
                 problems.append(problem)
-        raise ValidationFailed(problems) from None
-    problems = _consistency_problems(str(path), cluster, known_skus(firmware_dir))
-    if problems:
+    problems += _consistency_problems(str(path), document, known_skus(firmware_dir))
+    if problems or cluster is None:
         raise ValidationFailed(problems)
     return cluster
 
