@@ -30,8 +30,9 @@ def test_every_error_of_every_file_is_listed(tmp_path, capsys):
                  str(ROOT / "firmware/lab.yaml")])
     captured = capsys.readouterr()
     assert code == 1
-    assert f"{tmp_path / 'bad.yaml'}: packages.nvidia-driver.version: field required" in captured.err
-    assert f"{tmp_path / 'bad.yaml'}: os: field required" in captured.err
+    bad = tmp_path / "bad.yaml"
+    assert f"{bad}: packages.nvidia-driver.version: field required" in captured.err
+    assert f"{bad}: os: field required" in captured.err
     assert "unknown SKU 'nope'" in captured.err
     assert "lab.yaml: ok" in captured.out
 
