@@ -1,0 +1,103 @@
+"""The ledger's explicit lifecycle and the file pool."""
+
+import pytest
+
+from roles.errors import KilnError
+from roles.ledger import InvalidTransition, Ledger, NodeState
+from roles.pool import FilePool
+
+S = NodeState
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    book = Ledger(tmp_path / "state" / "kiln.db")
+    yield book
+    book.close()
+
+
+def walk(ledger, node, *states):
+    for state in states:
+        ledger.transition(node, state, reason=f"to {state}")
+
+
+def test_full_lifecycle_is_recorded_in_order(ledger):
+    assert ledger.enroll("gpu-001") is True
+    assert ledger.enroll("gpu-001") is False
+    walk(ledger, "gpu-001", S.COMMISSIONING, S.READY, S.DEPLOYING, S.DEPLOYED, S.CONFIGURED,
+         S.BURNING_IN, S.POOLED)
+    assert ledger.state("gpu-001") == S.POOLED
+    history = ledger.history("gpu-001")
+    assert [t.to_state for t in history] == [S.ENROLLED, S.COMMISSIONING, S.READY, S.DEPLOYING,
+                                             S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED]
+    assert history[1].from_state == S.ENROLLED
+    assert all(a.at <= b.at for a, b in zip(history, history[1:], strict=False))
+
+
+def test_pool_only_from_burn_in(ledger):
+    ledger.enroll("gpu-002")
+    walk(ledger, "gpu-002", S.COMMISSIONING, S.READY, S.DEPLOYING, S.DEPLOYED)
+    with pytest.raises(InvalidTransition, match="gpu-002: deployed -> pooled is not allowed"):
+        ledger.transition("gpu-002", S.POOLED)
+    assert ledger.state("gpu-002") == S.DEPLOYED
+
+
+def test_quarantine_keeps_the_reason(ledger):
+    ledger.enroll("gpu-003")
+    walk(ledger, "gpu-003", S.COMMISSIONING, S.READY, S.DEPLOYING)
+    ledger.transition("gpu-003", S.QUARANTINED, reason="MAAS: Failed deployment")
+    assert ledger.reason("gpu-003") == "MAAS: Failed deployment"
+    assert ledger.nodes()["gpu-003"] == (S.QUARANTINED, "MAAS: Failed deployment")
+
+
+def test_same_state_is_not_a_new_transition(ledger):
+    ledger.enroll("gpu-004")
+    ledger.transition("gpu-004", S.COMMISSIONING)
+    assert ledger.transition("gpu-004", S.COMMISSIONING) is None
+    assert len(ledger.history("gpu-004")) == 2
+
+
+def test_unknown_node_is_refused(ledger):
+    with pytest.raises(InvalidTransition, match="gpu-404: not enrolled"):
+        ledger.transition("gpu-404", S.READY)
+
+
+def test_ledger_survives_reopen(tmp_path):
+    path = tmp_path / "kiln.db"
+    first = Ledger(path)
+    first.enroll("gpu-005")
+    run = first.start_run("bringup")
+    first.record_check("gpu-005", "all_reduce_busbw", True, 471.2, run_id=run)
+    first.finish_run(run, "ok")
+    first.close()
+    second = Ledger(path)
+    assert second.state("gpu-005") == S.ENROLLED
+    assert second.checks("gpu-005") == [("all_reduce_busbw", True, 471.2, "")]
+    second.close()
+
+
+def test_file_pool_add_and_drain(tmp_path):
+    pool = FilePool(tmp_path / "pool.yaml")
+    assert pool.members() == []
+    assert pool.add("gpu-002") is True
+    assert pool.add("gpu-001") is True
+    assert pool.add("gpu-001") is False
+    assert pool.members() == ["gpu-001", "gpu-002"]
+    assert pool.drain("gpu-001", "reprovision: replaced motherboard") is True
+    assert pool.drain("gpu-001", "again") is False
+    assert pool.members() == ["gpu-002"]
+    assert pool.drained() == {"gpu-001": "reprovision: replaced motherboard"}
+    assert pool.add("gpu-001") is True
+    assert pool.drained() == {}
+
+
+def test_drain_needs_a_reason(tmp_path):
+    with pytest.raises(KilnError, match="needs a reason"):
+        FilePool(tmp_path / "pool.yaml").drain("gpu-001", "")
+
+
+def test_corrupt_pool_file_is_named(tmp_path):
+    path = tmp_path / "pool.yaml"
+    path.write_text("members: [\n")
+    with pytest.raises(KilnError, match="pool.yaml: pool file is not valid YAML"):
+        FilePool(path).members()
