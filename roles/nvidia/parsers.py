@@ -61,8 +61,9 @@ from typing import Any
 
 from roles.parsing import ParseError
 
-_NA = {"N/A", "[N/A]", "[Not Supported]", "Not Supported", "[Unknown Error]", "[Insufficient Permissions]",
-       "Unknown Error", "Insufficient Permissions", "[GPU requires reset]", "[GPU is lost]"}
+_NA = {"N/A", "[N/A]", "[Not Supported]", "Not Supported", "[Unknown Error]", "Unknown Error",
+       "[Insufficient Permissions]", "Insufficient Permissions", "[GPU requires reset]",
+       "[GPU is lost]"}
 
 
 def _snake(label: str) -> str:
@@ -131,7 +132,9 @@ def _tree(text: str) -> tuple[list[_Node], list[str]]:
         if not line.strip() or re.fullmatch(r"=+\s*NVSMI LOG\s*=+", line.strip()):
             continue
         if "\t" in line[: len(line) - len(line.lstrip())]:
-            raise ParseError(f"line {number}: tab in indentation; nvidia-smi -q indents with spaces")
+            raise ParseError(
+                f"line {number}: tab in indentation; nvidia-smi -q indents with spaces"
+            )
         if line.startswith("WARNING:"):
             warnings.append(line[len("WARNING:"):].strip())
             continue
@@ -349,6 +352,9 @@ def _leaf(value: Any) -> Any:
     return value.get("value") if isinstance(value, dict) else value
 
 
+_BUS_ID = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]")
+
+
 def parse_nvidia_smi_q(text: str) -> dict[str, Any]:
     """Parse `nvidia-smi -q` (full text format). See the module docstring for the keys."""
     stripped = [line.strip() for line in text.splitlines() if line.strip()]
@@ -368,8 +374,10 @@ def parse_nvidia_smi_q(text: str) -> dict[str, Any]:
     for node in nodes:
         if node.key.startswith("GPU ") and node.children:
             bus_id = node.key[4:].strip()
-            if not re.fullmatch(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]", bus_id):
-                raise ParseError(f"line {node.line}: GPU block header {node.key!r} has no PCI bus id")
+            if not _BUS_ID.fullmatch(bus_id):
+                raise ParseError(
+                    f"line {node.line}: GPU block header {node.key!r} has no PCI bus id"
+                )
             raw = _raw(node.children)
             if not isinstance(raw, dict):
                 raise ParseError(f"line {node.line}: GPU block {bus_id} repeats a top-level key")
@@ -483,7 +491,9 @@ def parse_nvlink(text: str) -> list[dict[str, Any]]:
             open_link = None
             continue
         if not gpus:
-            raise ParseError(f"line {number}: expected 'GPU N: NAME (UUID: …)', got {raw.strip()!r}")
+            raise ParseError(
+                f"line {number}: expected 'GPU N: NAME (UUID: …)', got {raw.strip()!r}"
+            )
         indent = len(raw) - len(raw.lstrip())
         if open_link is not None and indent > open_indent and not _NVLINK_LINK.match(raw):
             counter = _COUNTER.match(raw.strip())
