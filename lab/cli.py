@@ -1,0 +1,97 @@
+"""`kiln lab up|status|down` (and `kiln lab fault`, when the hardware simulator provides it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lab.host import LabError
+from lab.state import LabState, StateError, load_state
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from lab.cluster import up
+
+    faults = Path(args.faults) if args.faults else None
+    state = up(args.nodes, args.service_nodes, faults)
+    print_table(state)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from lab.cluster import down
+
+    down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        state = load_state()
+    except StateError as exc:
+        if args.json:
+            print(f"kiln lab: {exc}", file=sys.stderr)
+            return 1
+        print(f"kiln lab: not up ({exc})")
+        return 1
+    from lab.nodes import Node
+
+    # The file says what was started; the process table says what still runs.
+    for node in state.nodes:
+        if node.state == "running" and not Node(Path(state.lab_dir), node).running():
+            node.state = "off"
+    if args.json:
+        sys.stdout.write(state.to_json())
+    else:
+        print_table(state)
+    return 0
+
+
+def print_table(state: LabState) -> None:
+    print(f"{'NODE':<10} {'ROLE':<8} {'ADDRESS':<14} {'SSH':<5} STATE")
+    for node in state.nodes:
+        print(f"{node.name:<10} {node.role:<8} {node.address:<14} {node.ssh_port:<5} {node.state}")
+    print(f"ssh key: {state.ssh_key}")
+    for name, url in state.endpoints.items():
+        print(f"{name}: {url}")
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    try:
+        from lab.hwsim.cli import fault_command
+    except ModuleNotFoundError:
+        raise LabError("`kiln lab fault` needs the hardware simulator (lab/hwsim)") from None
+    return fault_command(args.fault_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln lab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="build and start the lab's nodes")
+    up.add_argument("--nodes", type=int, default=4, metavar="N", help="GPU nodes (default 4)")
+    up.add_argument(
+        "--service-nodes", type=int, default=1, metavar="M", help="service nodes (default 1)"
+    )
+    up.add_argument("--faults", metavar="FILE", help="YAML file of simulated hardware faults")
+    up.set_defaults(func=cmd_up)
+    status = commands.add_parser("status", help="the lab's nodes and endpoints")
+    status.add_argument("--json", action="store_true", help="print state.json")
+    status.set_defaults(func=cmd_status)
+    down = commands.add_parser("down", help="stop everything; leaves nothing running")
+    down.set_defaults(func=cmd_down)
+    fault = commands.add_parser("fault", help="inject a simulated fault at run time")
+    fault.add_argument("fault_args", nargs=argparse.REMAINDER)
+    fault.set_defaults(func=cmd_fault)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    try:
+        return args.func(args)
+    except (LabError, StateError, ValueError) as exc:
+        print(f"kiln lab: {exc}", file=sys.stderr)
+        return 1
+

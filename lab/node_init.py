@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""PID 1 of a lab node: runs inside the node, with the node's own Python (stdlib only).
+
+The lab copies this file to the node's /run/kiln/init at every boot, so it is never part of
+the node's filesystem and a reset cannot lose it. It makes the node's SSH host key on first
+boot, starts sshd (as ssh.service) and the enabled units through `systemctl` (the systemctl
+replacement: no systemd as PID 1 here), then reaps orphans until it is told to stop.
+Powering a node off is the host killing this process: the kernel then kills every process
+of the node's PID namespace, as a power cut would.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+os.environ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+os.environ.setdefault("LANG", "C.UTF-8")
+
+
+def log(message: str) -> None:
+    print(f"[kiln-init {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def shutdown(signum: int, frame: object) -> None:
+    log(f"signal {signum}: stopping every process")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(-1, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                    time.sleep(0.05)
+            except ChildProcessError:
+                break
+    sys.exit(0)
+
+
+def start_sshd() -> None:
+    key = "/etc/ssh/ssh_host_ed25519_key"
+    if not os.path.exists(key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    # As a unit, so that `systemctl restart ssh` on the node works as on a real one.
+    if os.path.exists("/usr/bin/systemctl"):
+        result = subprocess.run(["/usr/bin/systemctl", "start", "ssh"])
+        if result.returncode == 0:
+            log("sshd started (ssh.service)")
+            return
+        log(f"systemctl start ssh failed ({result.returncode}); starting sshd directly")
+    result = subprocess.run(["/usr/sbin/sshd"])
+    log(f"sshd started (exit {result.returncode})")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    os.makedirs("/run/lock", exist_ok=True)
+    log(f"booting {os.uname().nodename}")
+    try:
+        start_sshd()
+    except Exception as exc:  # the node stays up so a human can look at it
+        log(f"sshd failed: {exc}")
+    if os.path.exists("/usr/bin/systemctl"):
+        # Not waited for: a slow unit must not hold up the reaping below.
+        subprocess.Popen(["/usr/bin/systemctl", "default"])
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
