@@ -20,8 +20,26 @@ class ParseError(KilnError):
 
 
 def _registry() -> dict[str, Callable[[str], Any]]:
-    # Filled in as each role's parser lands (issue "Lab, part 1", parsers section).
-    return {}
+    # Imported here, not at module top: the role modules import ParseError from this one.
+    from roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
+    from roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
+    from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
+    from roles.infiniband.parsers import parse_ibstat, parse_sysfs_infiniband
+    from roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
+
+    return {
+        "nvidia-smi-q": parse_nvidia_smi_q,
+        "nvidia-smi-csv": parse_nvidia_smi_csv,
+        "nvidia-smi-nvlink": parse_nvlink,
+        "ibstat": parse_ibstat,
+        "ib-sysfs": parse_sysfs_infiniband,
+        "nccl-tests": parse_nccl_tests,
+        "ib-write-bw": parse_ib_write_bw,
+        "mlxfwmanager": parse_mlxfwmanager,
+        "mlxconfig": parse_mlxconfig,
+        "dcgmi-diag": parse_dcgmi_diag,
+        "dmesg": parse_kernel_log,
+    }
 
 
 def parse_file(tool: str, path: Path) -> str:
