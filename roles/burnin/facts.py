@@ -1,0 +1,44 @@
+"""Burn-in results read as facts; parsing lives in roles.burnin.parsers.
+
+Burn-in runs are launched by the burn-in operations; these facts read a finished run's
+captured output (the log path the operation wrote), so a re-run of the deploy can see the
+last result without running the benchmark again.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
+
+from roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
+from roles.parsing import ParseError
+
+
+def _parsed(parser: Any, output: list[str]) -> Any:
+    try:
+        return parser("\n".join(output))
+    except ParseError as exc:
+        raise FactProcessError(str(exc)) from None
+
+
+class NcclTestsLog(FactBase):
+    """A captured nccl-tests log (mpirun/srun prefixes allowed), parsed; None if absent."""
+
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return _parsed(parse_nccl_tests, output)
+
+
+class IbWriteBwLog(FactBase):
+    """A captured ib_write_bw client log, parsed; None if absent."""
+
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return _parsed(parse_ib_write_bw, output)
