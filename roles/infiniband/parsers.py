@@ -56,6 +56,7 @@ def _rate(value: str) -> int | float | str:
 def parse_ibstat(text: str) -> list[dict[str, Any]]:
     """Parse `ibstat` (all CAs, or one CA). See the module docstring for the keys."""
     cas: list[dict[str, Any]] = []
+    ca_lines: list[int] = []
     port: dict[str, Any] | None = None
     port_indent = 0
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -64,6 +65,7 @@ def parse_ibstat(text: str) -> list[dict[str, Any]]:
         ca_match = _CA.match(raw)
         if ca_match:
             cas.append({"name": ca_match.group(1), "ports": []})
+            ca_lines.append(number)
             port = None
             continue
         if not cas:
@@ -91,11 +93,11 @@ def parse_ibstat(text: str) -> list[dict[str, Any]]:
         else:
             port = None
             cas[-1][key] = _int(value, number) if key in _CA_INT else value
-    for ca in cas:
+    for ca, line_number in zip(cas, ca_lines, strict=True):
         if ca.get("num_ports") is not None and ca["num_ports"] != len(ca["ports"]):
             # ibstat prints every port it counts; fewer means the capture was cut short.
             raise ParseError(
-                f"CA {ca['name']!r}: 'Number of ports: {ca['num_ports']}' but "
+                f"line {line_number}: CA {ca['name']!r}: 'Number of ports: {ca['num_ports']}' but "
                 f"{len(ca['ports'])} port blocks follow (output cut short?)"
             )
     return cas
