@@ -1,0 +1,43 @@
+"""The simulated tools: `/usr/bin/<tool>` on a lab node runs `TOOLS[tool]`'s `main()`.
+
+Each module prints what the real tool prints for the node's view (profile + faults +
+boot), with the real exit statuses where the real tool has them.
+"""
+
+# tool name on the node -> module in this package
+TOOLS = {
+    "nvidia-smi": "nvidia_smi",
+    "dcgmi": "dcgmi",
+    "ibstat": "ibstat",
+    "ibstatus": "ibstatus",
+    "ibv_devinfo": "ibv_devinfo",
+    "mlxconfig": "mlxconfig",
+    "mlxfwmanager": "mlxfwmanager",
+    "flint": "flint",
+    "all_reduce_perf": "all_reduce_perf",
+    "ib_write_bw": "ib_write_bw",
+    "dmesg": "dmesg",
+}
+
+# which simulated vendor package puts which tools in place (as the real packages do)
+PACKAGE_TOOLS = {
+    "nvidia-compute-utils": ["nvidia-smi"],
+    "datacenter-gpu-manager": ["dcgmi"],
+    "infiniband-diags": ["ibstat", "ibstatus"],
+    "ibverbs-utils": ["ibv_devinfo"],
+    "mft": ["mlxconfig", "mlxfwmanager", "flint"],
+    "nccl-tests": ["all_reduce_perf"],
+    "perftest": ["ib_write_bw"],
+}
+
+
+def script(tool: str, package: str = "kiln_hwsim") -> str:
+    """The text of `/usr/bin/<tool>` on a node."""
+    module = TOOLS[tool]
+    return (
+        "#!/usr/bin/python3\n"
+        f"# {tool}: simulated by kiln's lab (kiln_hwsim), prints what the real tool prints\n"
+        "import sys\n"
+        f"from {package}.tools.{module} import main\n"
+        "sys.exit(main())\n"
+    )
