@@ -45,13 +45,14 @@ def build_repository(
     lab_dir = Path(lab_dir)
     vendor = lab_dir / "vendor"
     private = lab_dir / "vendor-build"
-    gnupg = private / "gnupg"
     vendor.mkdir(parents=True, exist_ok=True)
     private.mkdir(parents=True, exist_ok=True)
-    private.chmod(0o700)
+    # apt's download sandbox user (_apt) must reach os-apt/*/partial; the key's own
+    # gnupg home is 0700.
+    private.chmod(0o755)
     arch = native_architecture()
-    fingerprint = signing.ensure_key(gnupg)
-    try:
+    with signing.gnupg_home(private / "gnupg") as gnupg:
+        fingerprint = signing.ensure_key(gnupg)
         _write_if_changed(vendor / KEY_FILE, signing.export_public(gnupg, fingerprint).encode())
         built = _build_vendor_debs(vendor / "apt", private / "debs.json", arch)
         if built:
@@ -63,9 +64,7 @@ def build_repository(
             log("kiln lab: fetched Debian packages for the os/ repository")
         if archive.index(vendor / "os", OS_SUITE, arch, "kiln lab os mirror", gnupg, fingerprint):
             log("kiln lab: indexed and signed the os/ repository")
-        _write_firmware(vendor / "firmware")
-    finally:
-        signing.stop_agent(gnupg)
+    _write_firmware(vendor / "firmware")
 
 
 def _build_vendor_debs(repo: Path, digests_file: Path, arch: str) -> int:

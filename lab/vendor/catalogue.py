@@ -15,6 +15,10 @@ Version choices worth knowing:
 - Mutually exclusive branches (driver 550 vs 570, fabric manager 550 vs 570 …) ship the same
   files; like Ubuntu's driver packages they Provide/Conflict/Replace one virtual name, so apt
   switches branch instead of failing on a file conflict.
+- firmware/lab.yaml pins the newest version of each package here. apt (bookworm's 2.6)
+  takes a dependency at its candidate version, so `apt-get install name=version` of the
+  newest works as is, while moving to an older release needs an apt preferences pin on the
+  dependencies too (as on real mirrors holding several releases); tests move both ways.
 - The OS list (`OS_PACKAGES`) names Debian packages kiln's roles install that the node base
   image lacks; they are fetched from Debian with apt itself (lab/vendor/os_mirror.py).
 """
@@ -452,13 +456,13 @@ class OfedRelease:
 
 
 OFED_RELEASES: dict[str, tuple[OfedRelease, ...]] = {
+    "2.8": (
+        OfedRelease("2.8.0", "2407mlnx52-1.2407061", "4.29.0-131", "24.07.0-0.44.2407061"),
+        OfedRelease("2.8.1", "2407mlnx52-1.2407102", "4.29.1-2", "24.07.0-0.44.2407102"),
+    ),
     "2.9": (
         OfedRelease("2.9.0", "2410mlnx54-1.2410068", "4.30.0-139", "24.10.0-0.66.2410068"),
         OfedRelease("2.9.1", "2410mlnx54-1.2410114", "4.30.1-8", "24.10.0-0.66.2410114"),
-    ),
-    "2.10": (
-        OfedRelease("2.10.0", "2501mlnx56-1.2501060", "4.31.0-149", "25.01.0-0.70.2501060"),
-        OfedRelease("2.10.1", "2501mlnx56-1.2501110", "4.31.1-2", "25.01.0-0.70.2501110"),
     ),
 }
 

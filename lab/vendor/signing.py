@@ -7,7 +7,11 @@ public half is exported to `vendor/keys/lab-archive.asc`, which nodes use as apt
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 KEY_UID = "kiln lab archive signing key (simulated vendor repository) <archive@kiln.invalid>"
@@ -29,17 +33,30 @@ def _gpg(home: Path, *args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
-def stop_agent(home: Path) -> None:
-    """gpg starts a gpg-agent per home; the lab's must not outlive the build."""
-    subprocess.run(
-        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True
-    )
+@contextmanager
+def gnupg_home(home: Path) -> Iterator[Path]:
+    """The gnupg home to pass to gpg while signing: a short symlink to `home`.
+
+    gpg-agent's socket lives in the home (no /run/user/<uid> here), and a Unix socket path
+    must fit in 107 bytes, which a deep lab directory (pytest's, for one) does not. The
+    agent gpg starts is stopped on the way out: it must not outlive the build.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    link_dir = Path(tempfile.mkdtemp(prefix="kiln-gpg-"))
+    link = link_dir / "h"
+    link.symlink_to(home.resolve())
+    try:
+        yield link
+    finally:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(link), "--kill", "gpg-agent"], capture_output=True
+        )
+        shutil.rmtree(link_dir)
 
 
 def ensure_key(home: Path) -> str:
     """Fingerprint of the lab's signing key, generating it (no passphrase) on first use."""
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
     fingerprint = _secret_fingerprint(home)
     if fingerprint:
         return fingerprint

@@ -60,6 +60,14 @@ def test_manifest_kernel_is_in_the_catalogue():
     assert other
 
 
+def test_manifest_pins_are_the_newest_release_of_each_package():
+    # apt takes dependencies at their candidate (newest) version: with the manifest's pins
+    # the newest, a plain `apt-get install name=version` resolves without extra pins.
+    for key, pin in MANIFEST["packages"].items():
+        for version in VERSIONS[pin["name"]]:
+            assert dpkg_compare(pin["version"], ">=", version), f"packages.{key}: {version}"
+
+
 def test_every_manifest_package_has_several_versions():
     for key, pin in MANIFEST["packages"].items():
         assert len(VERSIONS[pin["name"]]) >= 2, f"packages.{key}: only {VERSIONS[pin['name']]}"
