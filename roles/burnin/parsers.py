@@ -48,7 +48,7 @@ from typing import Any
 from roles.parsing import ParseError
 
 _MPIRUN_PREFIX = re.compile(r"^\[\d+,\d+\]<(stdout|stderr)>:\s?")
-_SRUN_PREFIX = re.compile(r"^\s*\d+: ")
+_SRUN_PREFIX = re.compile(r"^\s*\d+:(?: |$)")
 _RANK = re.compile(
     r"^#\s*Rank\s+(\d+)(?:\s+Group\s+(\d+))?\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)"
     r"\s+\[(0x[0-9a-fA-F]+)\]\s+(.*?)\s*$"
@@ -104,7 +104,7 @@ def parse_nccl_tests(text: str) -> dict[str, Any]:
     columns: list[str] | None = None
     seen_start = False
     for number, raw in enumerate(text.splitlines(), start=1):
-        line, stream = strip_launcher_prefix(raw.rstrip())
+        line, stream = strip_launcher_prefix(raw)
         body = line.strip()
         if not body:
             continue
@@ -209,6 +209,7 @@ _BW_HEADER = re.compile(
 )
 _BW_ROW = re.compile(rf"^(\d+)\s+(\d+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s*$")
 _MIB_PER_S_TO_GBPS = 2**20 * 8 / 1e9
+_BANNER_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9 .*_-]*?)\s*:\s*(\S.*)")
 
 
 def parse_ib_write_bw(text: str) -> dict[str, Any]:
@@ -218,7 +219,7 @@ def parse_ib_write_bw(text: str) -> dict[str, Any]:
     units: str | None = None
     first_unknown: tuple[int, str] | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
-        line, _stream = strip_launcher_prefix(raw.rstrip())
+        line, _stream = strip_launcher_prefix(raw)
         body = line.strip()
         if not body or set(body) == {"-"}:
             continue
@@ -244,10 +245,13 @@ def parse_ib_write_bw(text: str) -> dict[str, Any]:
             result["test"] = body
             continue
         # Banner: "Dual-port : OFF\t\tDevice : mlx5_0" holds two fields on one line.
-        pairs = re.findall(r"([A-Za-z][A-Za-z0-9 .*_-]*?)\s*:\s*(\S[^\t]*?)(?=\t|$)", body)
-        if pairs:
-            for name, value in pairs:
-                result["info"][re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")] = value.strip()
+        pairs = [_BANNER_FIELD.fullmatch(part.strip()) for part in body.split("\t") if part.strip()]
+        if not (pairs and all(pairs)):
+            pairs = [_BANNER_FIELD.fullmatch(re.sub(r"\s+", " ", body))]  # "rdma_cm QPs\t : OFF"
+        if all(pairs):
+            for pair in pairs:
+                name = re.sub(r"[^0-9a-z]+", "_", pair.group(1).lower()).strip("_")
+                result["info"][name] = pair.group(2).strip()
             continue
         if first_unknown is None:
             first_unknown = (number, body)
