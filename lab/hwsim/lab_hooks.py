@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,7 @@ def on_node_boot(lab_dir: Path, node_name: str, rootfs: Path) -> None:
         "driver": driver,
         "boot_log": _driver_log(driver, profile) if driver else [],
         "flash_notes": notes,
+        "booted_at": time.time(),
     }
     write_json(directory / "boot.json", boot)
     marker.parent.mkdir(parents=True, exist_ok=True)

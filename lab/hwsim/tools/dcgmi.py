@@ -1,0 +1,201 @@
+"""Simulated `dcgmi diag -r 1|2|3 [-j]` (NVIDIA DCGM).
+
+The table and the JSON follow DCGM 3.x's layout (categories Deployment, Integration,
+Hardware, Stress; per-GPU results for the plugin tests); the failure messages are in the
+words DCGM uses for these conditions, shortened. Exit status is non-zero when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ..view import View, driver_problem, load_view, run_tool
+
+DCGM_VERSION = "4.2.3"
+WIDTH_NAME, WIDTH_RESULT = 27, 48
+
+DEPLOYMENT = ["Denylist", "NVML Library", "CUDA Main Library", "Permissions and OS Blocks",
+              "Persistence Mode", "Environment Variables", "Page Retirement/Row Remap",
+              "Graphics Processes", "Inforom"]
+# the per-GPU plugin tests: (category, test, lowest run level that runs it), in print order
+PLUGINS = [
+    ("Integration", "PCIe", 2),
+    ("Hardware", "GPU Memory", 2),
+    ("Hardware", "Diagnostic", 3),
+    ("Stress", "Targeted Stress", 3),
+    ("Stress", "Targeted Power", 3),
+    ("Stress", "Memory Bandwidth", 3),
+]
+
+
+def _plugins(level: int) -> list[tuple[str, list[str]]]:
+    """(category, tests) in print order for a run level."""
+    grouped: list[tuple[str, list[str]]] = []
+    for category, test, lowest in PLUGINS:
+        if level < lowest:
+            continue
+        if grouped and grouped[-1][0] == category:
+            grouped[-1][1].append(test)
+        else:
+            grouped.append((category, [test]))
+    return grouped
+
+
+def _failures(view: View, level: int) -> dict[str, dict[int, str]]:
+    """test name -> {gpu index: warning} for every failing (test, GPU)."""
+    fails: dict[str, dict[int, str]] = {}
+    for gpu in view.gpus:
+        i = gpu["index"]
+        rows = gpu["remapped_rows"]
+        if rows["pending"]:
+            fails.setdefault("Page Retirement/Row Remap", {})[i] = (
+                f"GPU {i} had uncorrectable memory errors and row remapping is pending. "
+                "Run a GPU reset to remap the rows.")
+        if rows["failure"]:
+            fails.setdefault("Page Retirement/Row Remap", {})[i] = (
+                f"GPU {i} had a row remapping failure. Drain the GPU and reset it or reboot "
+                "the node.")
+        dbe = gpu["ecc"]["volatile"]["dram_uncorrectable"] + \
+            gpu["ecc"]["volatile"]["sram_uncorrectable_secded"]
+        if level >= 2 and dbe:
+            fails.setdefault("GPU Memory", {})[i] = (
+                f"A double-bit ECC error (DBE) was detected on GPU {i}: {dbe} volatile "
+                "uncorrectable errors. Drain the GPU and reset it or reboot the node.")
+        if level >= 2 and i in view.profile["sim"]["wrong_results"]:
+            fails.setdefault("GPU Memory", {})[i] = (
+                f"Memory miscompare on GPU {i}: the values written did not read back. "
+                "Run a field diagnostic on the GPU.")
+            if level >= 3:
+                fails.setdefault("Diagnostic", {})[i] = (
+                    f"GPU {i} produced wrong results in the diagnostic compute kernels "
+                    "(miscompare). Run a field diagnostic on the GPU.")
+        pcie = gpu["pcie"]
+        if level >= 2 and pcie["width_current"] < pcie["width_max"]:
+            fails.setdefault("PCIe", {})[i] = (
+                f"GPU {i}'s PCIe link width is x{pcie['width_current']}, expected "
+                f"x{pcie['width_max']}: host to device bandwidth is below the minimum.")
+    if level >= 2 and view.gpus and view.flaky_fails(f"dcgmi-r{level}"):
+        test = "Targeted Stress" if level >= 3 else "GPU Memory"
+        fails.setdefault(test, {})[0] = (
+            "Error in test: GPU 0 fell off the expected performance envelope during the test "
+            "(intermittent failure; rerun to confirm).")
+    return fails
+
+
+def _row(name: str, result: str) -> str:
+    return f"| {name:<{WIDTH_NAME - 1}}| {result:<{WIDTH_RESULT - 2}} |"
+
+
+def _split(text: str) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > WIDTH_RESULT - 2:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + ([line] if line else [])
+
+
+def table(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
+    edge = "+" + "-" * WIDTH_NAME + "+" + "-" * WIDTH_RESULT + "+"
+    out = ["Successfully ran diagnostic for group.", edge,
+           _row("Diagnostic", "Result"),
+           "+" + "=" * WIDTH_NAME + "+" + "=" * WIDTH_RESULT + "+"]
+
+    def section(title: str) -> None:
+        head = f"-----  {title}  "
+        out.append("|" + head.ljust(WIDTH_NAME, "-") + "+" + "-" * WIDTH_RESULT + "|")
+
+    def warnings(test: str) -> None:
+        for i, text in sorted(fails.get(test, {}).items()):
+            for n, chunk in enumerate(_split(text)):
+                out.append(_row("Warning" if n == 0 else "", chunk))
+
+    section("Metadata")
+    out.append(_row("DCGM Version", DCGM_VERSION))
+    out.append(_row("Driver Version Detected", view.loaded_driver or ""))
+    out.append(_row("GPU Device IDs Detected",
+                    ",".join(g["device_id"][2:6].lower() for g in view.gpus)))
+    section("Deployment")
+    for test in DEPLOYMENT:
+        out.append(_row(test, "Fail" if test in fails else "Pass"))
+        warnings(test)
+    for category, tests in _plugins(level):
+        out.append("+" + f"-----  {category}  ".ljust(WIDTH_NAME, "-") + "+"
+                   + "-" * WIDTH_RESULT + "+")
+        for test in tests:
+            bad = sorted(fails.get(test, {}))
+            if not bad:
+                out.append(_row(test, "Pass - All"))
+                continue
+            good = [g["index"] for g in view.gpus if g["index"] not in bad]
+            out.append(_row(test, "Fail - GPU: " + ", ".join(str(i) for i in bad)))
+            if good:
+                out.append(_row("", "Pass - GPU: " + ", ".join(str(i) for i in good)))
+            warnings(test)
+    out.append(edge)
+    return "\n".join(out) + "\n"
+
+
+def as_json(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
+    categories: list[dict[str, Any]] = [{"category": "Deployment", "tests": [
+        {"name": test, "results": [
+            {"status": "Fail", "warnings": [{"warning": w} for w in fails[test].values()]}
+            if test in fails else {"status": "Pass"}]}
+        for test in DEPLOYMENT]}]
+    for category, tests in _plugins(level):
+        entries = []
+        for test in tests:
+            results = []
+            for gpu in view.gpus:
+                i = gpu["index"]
+                if i in fails.get(test, {}):
+                    results.append({"gpu_id": str(i), "status": "Fail",
+                                    "warnings": [{"warning": fails[test][i]}]})
+                else:
+                    results.append({"gpu_id": str(i), "status": "Pass"})
+            entries.append({"name": test, "results": results})
+        categories.append({"category": category, "tests": entries})
+    doc = {
+        "DCGM GPU Diagnostic": {"test_categories": categories},
+        "Driver Version Detected": view.loaded_driver or "",
+        "GPU Device IDs": [g["device_id"][2:6].lower() for g in view.gpus],
+        "GPU Device Serials": {str(g["index"]): g["serial"] for g in view.gpus},
+        "version": DCGM_VERSION,
+    }
+    return json.dumps(doc, indent=4) + "\n"
+
+
+def _main(argv: list[str]) -> int:
+    if not argv or argv[0] != "diag":
+        sys.stdout.write("Usage: dcgmi diag -r <1|2|3> [-j] (only diag is simulated)\n")
+        return 1
+    level = None
+    for n, arg in enumerate(argv):
+        if arg in ("-r", "--run") and n + 1 < len(argv):
+            level = argv[n + 1]
+        elif arg.startswith("--run="):
+            level = arg.split("=", 1)[1]
+    names = {"short": "1", "medium": "2", "long": "3"}
+    level = names.get(level or "", level)
+    if level not in ("1", "2", "3"):
+        sys.stdout.write(f"Error: invalid run level '{level}'. Use 1, 2 or 3.\n")
+        return 1
+    view = load_view()
+    if driver_problem(view) is not None:
+        sys.stdout.write("Error: unable to establish a connection to the specified host: "
+                         "localhost\nError: Unable to connect to host engine. Host engine "
+                         "connection invalid/disconnected.\n")
+        return 1
+    fails = _failures(view, int(level))
+    json_out = "-j" in argv or "--json" in argv
+    sys.stdout.write(as_json(view, int(level), fails) if json_out
+                     else table(view, int(level), fails))
+    return 1 if fails else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(_main, argv)
