@@ -1,11 +1,12 @@
 """The lab's inventory: the nodes `kiln lab up` started, read from the lab's state file.
 
+    kiln lab up --nodes 8
     pyinfra -y inventory/lab.py deploy/bringup.py
+
+The state file is `$KILN_LAB_DIR/state.json` (default /var/lib/kiln-lab/state.json).
+Groups: gpu, service (by node role) and rack_lab; every host is `@metal/<node>`.
 """
 
-from pyinfra.api.exceptions import InventoryError
+from lab.inventory import inventory_groups
 
-raise InventoryError(
-    "inventory/lab.py: the lab is not built yet (issue 'Lab, part 1: simulated GPU nodes'); "
-    "preview against the example with: pyinfra --dry inventory/prod.py deploy/bringup.py"
-)
+globals().update(inventory_groups())

@@ -139,7 +139,8 @@ class Node:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except FileNotFoundError:
             return None
-        return pid if command.startswith(b"unshare\0") else None
+        # `ip netns exec` becomes `unshare` by exec, a moment after the start.
+        return pid if command.startswith((b"unshare\0", b"ip\0")) else None
 
     def running(self) -> bool:
         return self.pid() is not None
