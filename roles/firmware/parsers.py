@@ -158,7 +158,7 @@ def parse_mlxconfig(text: str) -> list[dict[str, Any]]:
             continue
         modified = line.startswith("*")
         tokens = line.lstrip("*").split()
-        if len(tokens) != len(columns) + 1 or not re.fullmatch(r"[A-Z0-9_.\[\]]+", tokens[0]):
+        if len(tokens) != len(columns) + 1 or not re.fullmatch(r"[A-Za-z0-9_.\[\]]+", tokens[0]):
             raise ParseError(
                 f"line {number}: expected 'PARAM {' '.join(c.upper() for c in columns)}', "
                 f"got {line[:80]!r}"

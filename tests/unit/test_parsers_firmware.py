@@ -60,7 +60,8 @@ def test_mlxconfig_query():
     assert device["config"]["SRIOV_EN"]["value"] == "False"
     assert device["config"]["NUM_OF_VFS"] == {"value": "0", "code": None, "raw": "0",
                                               "modified": False}
-    assert len(device["config"]) == 14
+    assert len(device["config"]) == 15
+    assert device["config"]["EXP_ROM_UEFI_x86_ENABLE"]["code"] == 1  # real names have lower case
 
 
 def test_mlxconfig_query_with_defaults_and_pending_change():
