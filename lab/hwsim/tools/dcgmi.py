@@ -110,7 +110,7 @@ def table(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
         out.append("|" + head.ljust(WIDTH_NAME, "-") + "+" + "-" * WIDTH_RESULT + "|")
 
     def warnings(test: str) -> None:
-        for i, text in sorted(fails.get(test, {}).items()):
+        for _gpu, text in sorted(fails.get(test, {}).items()):
             for n, chunk in enumerate(_split(text)):
                 out.append(_row("Warning" if n == 0 else "", chunk))
 
