@@ -59,11 +59,12 @@ def print_table(state: LabState) -> None:
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
-    try:
-        from lab.hwsim.cli import fault_command
-    except ModuleNotFoundError:
-        raise LabError("`kiln lab fault` needs the hardware simulator (lab/hwsim)") from None
-    return fault_command(args.fault_args)
+    from lab.integrations import fault_command
+
+    result = fault_command(args.fault_args)
+    if result is None:
+        raise LabError("`kiln lab fault` needs the hardware simulator (lab/hwsim)")
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+    argv = list(argv)
+    if argv[:1] == ["fault"]:
+        # Its options (--list, --clear) belong to the simulator, not to argparse here.
+        args = argparse.Namespace(func=cmd_fault, fault_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (LabError, StateError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """The one place the node builder calls the lab's other parts, when they are there.
 
 - the hardware simulator (`lab/hwsim/lab_hooks.py`): writes a node's hardware state under
-  `hw/<name>/` before the node exists, and `boot.json` at each boot;
+  `hw/<name>/` before the node exists, and `boot.json` at each boot; `kiln lab fault`;
 - the vendor repository (`lab/vendor/server.py`): serves `http://10.231.0.1:8081/`.
 
 Each part is optional: when its module is absent, the hook does nothing. An error *inside*
@@ -37,6 +37,14 @@ def on_node_boot(lab: Path, node: str, rootfs: Path) -> None:
     hooks = _optional("lab.hwsim.lab_hooks")
     if hooks is not None:
         hooks.on_node_boot(lab, node, rootfs)
+
+
+def fault_command(argv: list[str]) -> int | None:
+    """`kiln lab fault ...`, or None when the hardware simulator is not there."""
+    hooks = _optional("lab.hwsim.lab_hooks")
+    if hooks is None or not hasattr(hooks, "fault_command"):
+        return None
+    return hooks.fault_command(argv)
 
 
 def start_vendor_repo(lab: Path) -> str:

@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GPU_NODES = 8
 SERVICE_NODES = 1
+# Measured, not asserted: printed at the end of the run.
+TIMINGS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in TIMINGS:
+        terminalreporter.write_line(f"lab timing: {line}")
 
 
 def kiln_lab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,7 +65,7 @@ def bring_up() -> float:
 
 
 @pytest.fixture(scope="session")
-def lab(request: pytest.FixtureRequest) -> LabState:
+def lab() -> LabState:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (namespaces, mounts, bridge); CI runs them as root")
     from lab.rootfs import ensure_base
@@ -67,12 +74,7 @@ def lab(request: pytest.FixtureRequest) -> LabState:
     kiln_lab("down")
     ensure_base(lab_dir())
     seconds = bring_up()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"lab: {GPU_NODES + SERVICE_NODES} nodes up in {seconds:.1f} s (cached base)"
-    if reporter is not None:
-        reporter.write_line(message)
-    else:
-        print(message)
+    TIMINGS.append(f"{GPU_NODES + SERVICE_NODES} nodes up in {seconds:.1f} s (cached base)")
     yield load_state()
     kiln_lab("down")
 

@@ -143,3 +143,13 @@ def test_no_bookworm_source_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "sources.list").write_text("deb http://mirror.example/debian trixie main\n")
     with pytest.raises(LabError, match="no apt source for Debian bookworm main"):
         find_mirror(tmp_path)
+
+
+def test_the_lab_says_it_needs_root(monkeypatch, capsys):
+    from lab.cli import run
+
+    # The one thing faked: who we are. Everything the command does after is real.
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert run(["up", "--nodes", "1"]) == 1
+    assert "the lab needs root" in capsys.readouterr().err
+    assert run(["down"]) == 1
