@@ -141,6 +141,12 @@ def ensure_base(lab: Path, log: Callable[[str], None] = print) -> Path:
     build_log = lab / "base-build.log"
     with open(build_log, "w") as out:
         result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            # Once more, for a mirror hiccup: what was downloaded is in the cache by now.
+            out.write("\nkiln lab: debootstrap failed; retrying once\n")
+            out.flush()
+            _remove_tree(scratch)
+            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = "\n".join(build_log.read_text().splitlines()[-15:])
         raise LabError(f"debootstrap failed ({result.returncode}); see {build_log}:\n{tail}")
