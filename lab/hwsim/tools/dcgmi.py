@@ -1,8 +1,8 @@
 """Simulated `dcgmi diag -r 1|2|3 [-j]` (NVIDIA DCGM).
 
 The table and the JSON follow DCGM 3.x's layout (categories Deployment, Integration,
-Hardware, Stress; per-GPU results for the plugin tests); the failure messages are in the
-words DCGM uses for these conditions, shortened. Exit status is non-zero when a test fails.
+Hardware, Stress; per-GPU results for the plugin tests), as tests/fixtures/dcgmi does; the
+failure messages paraphrase DCGM's. Exit status is non-zero when a test fails.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ DEPLOYMENT = ["Denylist", "NVML Library", "CUDA Main Library", "Permissions and 
 PLUGINS = [
     ("Integration", "PCIe", 2),
     ("Hardware", "GPU Memory", 2),
-    ("Hardware", "Diagnostic", 3),
     ("Stress", "Targeted Stress", 3),
     ("Stress", "Targeted Power", 3),
     ("Stress", "Memory Bandwidth", 3),
+    ("Stress", "EUD Test", 3),  # not installed on the lab's nodes: "Skip", as on many sites
 ]
 
 
@@ -68,9 +68,9 @@ def _failures(view: View, level: int) -> dict[str, dict[int, str]]:
                 f"Memory miscompare on GPU {i}: the values written did not read back. "
                 "Run a field diagnostic on the GPU.")
             if level >= 3:
-                fails.setdefault("Diagnostic", {})[i] = (
-                    f"GPU {i} produced wrong results in the diagnostic compute kernels "
-                    "(miscompare). Run a field diagnostic on the GPU.")
+                fails.setdefault("Targeted Stress", {})[i] = (
+                    f"GPU {i} Detected 12 mismatches between computed results. Check DCGM "
+                    "and system logs for errors. Reset GPU. Rerun diagnostics.")
         pcie = gpu["pcie"]
         if level >= 2 and pcie["width_current"] < pcie["width_max"]:
             fails.setdefault("PCIe", {})[i] = (
@@ -89,14 +89,9 @@ def _row(name: str, result: str) -> str:
 
 
 def _split(text: str) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > WIDTH_RESULT - 2:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return lines + ([line] if line else [])
+    """dcgmi wraps a warning at the column's width, mid-word."""
+    width = WIDTH_RESULT - 2
+    return [text[i : i + width] for i in range(0, len(text), width)]
 
 
 def table(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
@@ -127,45 +122,58 @@ def table(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
         out.append("+" + f"-----  {category}  ".ljust(WIDTH_NAME, "-") + "+"
                    + "-" * WIDTH_RESULT + "+")
         for test in tests:
+            if test == "EUD Test":
+                out.append(_row(test, "Skip - All"))
+                continue
             bad = sorted(fails.get(test, {}))
             if not bad:
                 out.append(_row(test, "Pass - All"))
                 continue
             good = [g["index"] for g in view.gpus if g["index"] not in bad]
-            out.append(_row(test, "Fail - GPU: " + ", ".join(str(i) for i in bad)))
             if good:
-                out.append(_row("", "Pass - GPU: " + ", ".join(str(i) for i in good)))
+                out.append(_row(test, "Pass - GPUs: " + ", ".join(str(i) for i in good)))
+            out.append(_row("" if good else test,
+                            "Fail - GPU: " + ", ".join(str(i) for i in bad)))
             warnings(test)
     out.append(edge)
     return "\n".join(out) + "\n"
 
 
 def as_json(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
-    categories: list[dict[str, Any]] = [{"category": "Deployment", "tests": [
-        {"name": test, "results": [
-            {"status": "Fail", "warnings": [{"warning": w} for w in fails[test].values()]}
-            if test in fails else {"status": "Pass"}]}
-        for test in DEPLOYMENT]}]
+    every = ",".join(str(g["index"]) for g in view.gpus)
+    categories: list[dict[str, Any]] = [{"category": "Deployment", "tests": []}]
+    for test in DEPLOYMENT:
+        result: dict[str, Any] = {"gpu_ids": every, "status": "PASS"}
+        if test in fails:
+            result = {"gpu_ids": every, "status": "FAIL", "warnings": [
+                {"error_category": 7, "error_id": 83, "error_severity": 2, "warning": w}
+                for w in fails[test].values()]}
+        categories[0]["tests"].append({"name": test, "results": [result]})
     for category, tests in _plugins(level):
         entries = []
         for test in tests:
+            if test == "EUD Test":
+                entries.append({"name": test, "results": [{
+                    "gpu_ids": every, "status": "SKIPPED",
+                    "info": ["EUD Test skipped: the EUD plugin is not installed"]}]})
+                continue
             results = []
             for gpu in view.gpus:
                 i = gpu["index"]
                 if i in fails.get(test, {}):
-                    results.append({"gpu_id": str(i), "status": "Fail",
-                                    "warnings": [{"warning": fails[test][i]}]})
+                    results.append({"gpu_ids": str(i), "status": "Fail", "warnings": [
+                        {"error_category": 7, "error_id": 28, "error_severity": 2,
+                         "warning": fails[test][i]}]})
                 else:
-                    results.append({"gpu_id": str(i), "status": "Pass"})
+                    results.append({"gpu_ids": str(i), "status": "Pass"})
             entries.append({"name": test, "results": results})
         categories.append({"category": category, "tests": entries})
-    doc = {
-        "DCGM GPU Diagnostic": {"test_categories": categories},
+    doc = {"DCGM GPU Diagnostic": {
         "Driver Version Detected": view.loaded_driver or "",
         "GPU Device IDs": [g["device_id"][2:6].lower() for g in view.gpus],
-        "GPU Device Serials": {str(g["index"]): g["serial"] for g in view.gpus},
+        "test_categories": categories,
         "version": DCGM_VERSION,
-    }
+    }}
     return json.dumps(doc, indent=4) + "\n"
 
 

@@ -70,7 +70,7 @@ def _banner(dev: str, qps: int) -> list[str]:
 
 
 def _address(lid: int, rng: random.Random) -> str:
-    return (f"LID {lid:#06x} QPN {rng.randrange(0x40, 0x2000):#06x} PSN "
+    return (f"LID {lid:#04x} QPN {rng.randrange(0x40, 0x2000):#06x} PSN "
             f"{rng.randrange(1 << 24):#08x} RKey 0x1fff00 VAddr "
             f"0x{0x7f0000000000 + rng.randrange(1 << 20) * 4096:016x}")
 

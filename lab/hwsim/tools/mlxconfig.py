@@ -94,8 +94,8 @@ def _main(argv: list[str]) -> int:
             out.append(f"{'Configurations:':<45}{'Default':<16}{'Current':<16}Next Boot")
             for name in names:
                 mark = "*" if next_boot[name] != MLXCONFIG_DEFAULTS[name] else " "
-                out.append(f"{mark}       {name:<36}{MLXCONFIG_DEFAULTS[name]:<16}"
-                           f"{current[name]:<16}{next_boot[name]}")
+                out.append(f"{mark}       {name:<36}{MLXCONFIG_DEFAULTS[name]:<15} "
+                           f"{current[name]:<15} {next_boot[name]}")
             out.append("The '*' shows parameters with next value different from default/current "
                        "value.")
         else:
@@ -118,7 +118,7 @@ def _main(argv: list[str]) -> int:
         changes[name] = stored
     out.append(f"{'Configurations:':<45}{'Next Boot':<16}New")
     for name, stored in changes.items():
-        out.append(f"        {name:<36}{next_boot[name]:<16}{stored}")
+        out.append(f"        {name:<36}{next_boot[name]:<15} {stored}")
     out.append("")
     if not yes:
         out.append(" Apply new Configuration? (y/n) [n] : n")

@@ -1,0 +1,238 @@
+"""The simulated tools against the real tools' output (tests/fixtures), both directions:
+same structure as the real capture, and parsed by the same parser as the real capture."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from test_hwsim_helpers import DRIVER, Node
+
+from lab.firmware_blobs import blob_bytes
+from lab.hwsim.lab_hooks import on_node_boot
+from roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
+from roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
+from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
+from roles.infiniband.parsers import parse_ibstat
+from roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    return Node(tmp_path, monkeypatch)
+
+
+def _keys(text: str) -> list[str]:
+    return [line.split(":")[0].rstrip() for line in text.splitlines()]
+
+
+def test_nvidia_smi_q_has_the_real_sections_in_the_real_order(node):
+    rc, out = node.run("nvidia_smi", "-q")
+    real = (FIXTURES / "nvidia-smi" / "q.h100x8.535.161.08.txt").read_text()
+    assert rc == 0
+    assert _keys(out) == _keys(real)
+    ours, theirs = parse_nvidia_smi_q(out), parse_nvidia_smi_q(real)
+    assert ours["attached_gpus"] == theirs["attached_gpus"] == 8
+    assert ours["driver_version"] == DRIVER
+    assert sorted(ours["gpus"][0]) == sorted(theirs["gpus"][0])
+
+
+def test_nvidia_smi_q_x_is_xml_with_the_same_values(node):
+    rc, out = node.run("nvidia_smi", "-q", "-x")
+    root = ET.fromstring(out.split("\n", 2)[2])  # past the XML declaration and DOCTYPE
+    assert rc == 0 and root.tag == "nvidia_smi_log"
+    gpus = root.findall("gpu")
+    assert len(gpus) == 8 and gpus[0].get("id") == "00000000:19:00.0"
+    text = parse_nvidia_smi_q(node.run("nvidia_smi", "-q")[1])
+    assert [g.findtext("uuid") for g in gpus] == [g["uuid"] for g in text["gpus"]]
+    assert gpus[3].findtext("ecc_errors/volatile/dram_uncorrectable") == "0"
+    assert gpus[0].findtext("remapped_rows/remapped_row_pending") == "No"
+    assert gpus[0].findtext("pci/pci_gpu_link_info/link_widths/current_link_width") == "16x"
+    assert '<!DOCTYPE nvidia_smi_log SYSTEM "nvsmi_device_v12.dtd">' in out
+
+
+def test_nvidia_smi_csv(node):
+    fields = "index,name,uuid,serial,pci.bus_id,memory.total,power.draw,clocks.sm," \
+             "ecc.errors.uncorrected.volatile.total,remapped_rows.pending,pcie.link.width.current"
+    rc, out = node.run("nvidia_smi", f"--query-gpu={fields}", "--format=csv")
+    assert rc == 0
+    header = out.splitlines()[0]
+    assert "memory.total [MiB]" in header and "power.draw [W]" in header
+    rows = parse_nvidia_smi_csv(out)
+    assert len(rows) == 8 and rows[2]["index"] == 2
+    rc, bare = node.run("nvidia_smi", "--query-gpu=index,memory.total",
+                        "--format=csv,noheader,nounits")
+    assert bare.splitlines()[0] == "0, 81559"
+    parsed = parse_nvidia_smi_csv(bare, ["index", "memory.total"])
+    assert len(parsed) == 8
+
+
+def test_nvidia_smi_unknown_field_is_the_real_error(node):
+    rc, out = node.run("nvidia_smi", "--query-gpu=index,bogus", "--format=csv")
+    assert rc != 0 and out == 'Field "bogus" is not a valid field to query.\n\n'
+
+
+def test_nvidia_smi_nvlink_status_like_the_real_one(node):
+    rc, out = node.run("nvidia_smi", "nvlink", "-s")
+    real = (FIXTURES / "nvidia-smi" / "nvlink-status.a100.txt").read_text()
+    line = re.compile(r"^(GPU \d+: .+ \(UUID: GPU-[0-9a-f-]+\)|         Link \d+: .+)$")
+    assert all(line.match(x) for x in real.splitlines())
+    assert all(line.match(x) for x in out.splitlines())
+    parsed = parse_nvlink(out)
+    assert len(parsed) == 8 and all(len(g["links"]) == 18 for g in parsed)
+    assert parsed[0]["links"][0]["speed_gb_s"] == pytest.approx(26.562)
+    errors = parse_nvlink(node.run("nvidia_smi", "nvlink", "-e")[1])
+    assert len(errors) == 8
+
+
+def test_driver_library_mismatch(node):
+    node.driver_file.write_text("570.172.08\n")  # a newer driver installed, not yet rebooted
+    rc, out = node.run("nvidia_smi", "-q")
+    assert rc == 18
+    assert out.startswith("Failed to initialize NVML: Driver/library version mismatch\n")
+    on_node_boot(node.lab, node.name, node.rootfs)  # the reboot loads it
+    rc, out = node.run("nvidia_smi", "--query-gpu=driver_version", "--format=csv,noheader")
+    assert rc == 0 and out.splitlines() == ["570.172.08"] * 8
+
+
+def test_no_driver_loaded(tmp_path, monkeypatch):
+    node = Node(tmp_path, monkeypatch)
+    node.driver_file.unlink()
+    on_node_boot(node.lab, node.name, node.rootfs)
+    rc, out = node.run("nvidia_smi")
+    assert rc == 9 and "couldn't communicate with the NVIDIA driver" in out
+
+
+def test_ibstat_has_the_real_keys(node):
+    rc, out = node.run("ibstat")
+    real = (FIXTURES / "ibstat" / "ibstat.h100.all-active.txt").read_text()
+    assert rc == 0
+    assert _keys(out)[:17] == _keys(real)[:17]  # one CA block, key for key
+    ours, theirs = parse_ibstat(out), parse_ibstat(real)
+    assert len(ours) == 8
+    assert sorted(ours[0]) == sorted(theirs[0])
+    assert sorted(ours[0]["ports"][0]) == sorted(theirs[0]["ports"][0])
+    assert {p["ports"][0]["link_layer"] for p in ours} == {"InfiniBand"}
+
+
+def test_ibstatus_and_ibv_devinfo(node):
+    rc, out = node.run("ibstatus", "mlx5_3")
+    assert rc == 0 and "\tstate:\t\t 4: ACTIVE" in out and "400 Gb/sec (4X NDR)" in out
+    rc, out = node.run("ibv_devinfo", "-d", "mlx5_3")
+    assert rc == 0 and out.startswith("hca_id:\tmlx5_3\n") and "PORT_ACTIVE (4)" in out
+
+
+def test_all_reduce_perf_single_node(node):
+    rc, out = node.run("all_reduce_perf", "-b", "8", "-e", "8G", "-f", "2", "-g", "8")
+    real = (FIXTURES / "nccl-tests" / "all_reduce_perf.a100x8.single-node.gcm.txt").read_text()
+    assert rc == 0
+    header = [x for x in real.splitlines() if x.startswith("#  ") and "size" in x or "(B)" in x]
+    for line in header:
+        assert line in out.splitlines()
+    ours = parse_nccl_tests(out)
+    theirs = parse_nccl_tests(real)
+    assert sorted(ours) == sorted(theirs)
+    last = ours["rows"][-1]
+    assert last["size"] == 8 * 2**30
+    assert 450 <= last["out_of_place"]["busbw"] <= 480
+
+
+def test_ib_write_bw_between_two_processes(node):
+    results = {}
+
+    def server():
+        results["server"] = node.run("ib_write_bw", "-d", "mlx5_1", "--report_gbits",
+                                     "-p", "18771")
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    time.sleep(0.2)
+    rc, out = node.run("ib_write_bw", "-d", "mlx5_0", "--report_gbits", "-p", "18771",
+                       "127.0.0.1")
+    thread.join(10)
+    assert rc == 0 and results["server"][0] == 0
+    real = parse_ib_write_bw((FIXTURES / "perftest" / "ib_write_bw.ndr.report_gbits.txt")
+                             .read_text())
+    ours = parse_ib_write_bw(out)
+    assert sorted(ours) == sorted(real)
+    assert 370 <= ours["rows"][0]["bw_average_gbps"] <= 395
+
+
+def test_mlxconfig_query_set_and_next_boot(node):
+    rc, out = node.run("mlxconfig", "-d", "mlx5_0", "q")
+    assert rc == 0
+    before = parse_mlxconfig(out)[0]["config"]
+    assert before["ADVANCED_PCI_SETTINGS"]["raw"] == "False(0)"
+    rc, _ = node.run("mlxconfig", "-d", "mlx5_0", "-y", "set", "ADVANCED_PCI_SETTINGS=1")
+    assert rc == 0
+    extended = parse_mlxconfig(node.run("mlxconfig", "-d", "mlx5_0", "-e", "q")[1])[0]
+    assert extended["config"]["ADVANCED_PCI_SETTINGS"]["current"] == "False(0)"
+    assert extended["config"]["ADVANCED_PCI_SETTINGS"]["raw"] == "True(1)"  # next boot
+    on_node_boot(node.lab, node.name, node.rootfs)
+    after = parse_mlxconfig(node.run("mlxconfig", "-d", "mlx5_0", "-e", "q")[1])[0]
+    assert after["config"]["ADVANCED_PCI_SETTINGS"]["current"] == "True(1)"
+    other = parse_mlxconfig(node.run("mlxconfig", "-d", "mlx5_1", "q")[1])[0]
+    assert other["config"]["ADVANCED_PCI_SETTINGS"]["raw"] == "False(0)"
+
+
+def test_mlxfwmanager_update_applies_at_reset(node, tmp_path):
+    blob = tmp_path / "lab-connectx7-28.39.1002.bin"
+    blob.write_bytes(blob_bytes("connectx7", "28.39.1002"))
+    rc, out = node.run("mlxfwmanager", "-u", "-i", str(blob), "-y")
+    assert rc == 0 and "Restart needed for updates to take effect." in out
+    real = parse_mlxfwmanager((FIXTURES / "mlxfwmanager" / "query.h100x8.update-required.txt")
+                              .read_text())
+    query = parse_mlxfwmanager(node.run("mlxfwmanager", "--query")[1])
+    assert sorted(query[0]) == sorted(real[0])
+    assert query[0]["versions"]["fw"]["current"] == "28.43.1014"  # still the old one
+    assert "FW Version(Running):   28.43.1014" in node.run("flint", "-d", "mlx5_0", "q")[1]
+    on_node_boot(node.lab, node.name, node.rootfs)
+    query = parse_mlxfwmanager(node.run("mlxfwmanager", "--query")[1])
+    assert {d["versions"]["fw"]["current"] for d in query} == {"28.39.1002"}
+    assert "Firmware version: 28.39.1002" in node.run("ibstat", "mlx5_7")[1]
+
+
+def test_mlxfwmanager_rejects_a_foreign_image(node, tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\0" * 4096)
+    rc, out = node.run("mlxfwmanager", "-u", "-i", str(junk), "-y")
+    assert rc == 1 and "Invalid image" in out
+    assert not list((node.hw / "flash").glob("*.bin"))
+
+
+def test_dcgmi_diag_text_and_json(node):
+    for level in ("1", "2", "3"):
+        rc, out = node.run("dcgmi", "diag", "-r", level)
+        assert rc == 0
+        parsed = parse_dcgmi_diag(out)
+        assert parsed["driver_version"] == DRIVER
+        assert all(t["status"] in ("Pass", "Skip") for t in parsed["tests"]), parsed
+    real = parse_dcgmi_diag((FIXTURES / "dcgmi" / "diag-r3.h100x8.pass.txt").read_text())
+    ours = parse_dcgmi_diag(node.run("dcgmi", "diag", "-r", "3")[1])
+    assert [t["name"] for t in ours["tests"]] == [t["name"] for t in real["tests"]]
+    rc, out = node.run("dcgmi", "diag", "-r", "3", "-j")
+    assert rc == 0 and json.loads(out)
+    real_json = parse_dcgmi_diag((FIXTURES / "dcgmi" / "diag-r3-j.h100x8.gpu3-fail.json")
+                                 .read_text())
+    ours_json = parse_dcgmi_diag(out)
+    assert sorted(ours_json) == sorted(real_json)
+    assert ours_json["driver_version"] == DRIVER
+
+
+def test_dmesg_is_a_kernel_log(node):
+    rc, out = node.run("dmesg")
+    assert rc == 0
+    assert all(re.match(r"^\[ *\d+\.\d{6}\] ", line) for line in out.splitlines())
+    assert any(f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {DRIVER}" in line
+               for line in out.splitlines())
+    parsed = parse_kernel_log(out)
+    assert parsed["xids"] == [] and parsed["sxids"] == []
+    real = parse_kernel_log((FIXTURES / "dmesg" / "dmesg-with-xid-119.log").read_text())
+    assert real["xids"]
