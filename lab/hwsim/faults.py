@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .profile import FIRMWARE, KNOWN_FIRMWARE, NVLINKS_PER_GPU, OLD_FIRMWARE
+from .profile import FIRMWARE, KNOWN_FIRMWARE, NVLINKS_PER_GPU, OLD_FIRMWARE, refresh_boot_log
 
 
 class FaultError(ValueError):
@@ -300,6 +300,7 @@ def apply_firmware_fault(profile: dict[str, Any], fault: dict[str, Any]) -> None
         for i, gpu in enumerate(profile["gpus"]):
             if fault["gpu"] is None or fault["gpu"] == i:
                 gpu["vbios_version"] = version
+    refresh_boot_log(profile)
 
 
 XID_TEXT = {

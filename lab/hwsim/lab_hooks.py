@@ -24,7 +24,14 @@ from .faults import (
     load_faults_file,
     validate_fault,
 )
-from .profile import DEFAULT_SEED, KNOWN_FIRMWARE, generate_profile, read_json, write_json
+from .profile import (
+    DEFAULT_SEED,
+    KNOWN_FIRMWARE,
+    generate_profile,
+    read_json,
+    refresh_boot_log,
+    write_json,
+)
 
 SEED_ENV = "KILN_LAB_SEED"
 LAB_DIR_ENV = "KILN_LAB_DIR"
@@ -161,6 +168,7 @@ def on_node_boot(lab_dir: Path, node_name: str, rootfs: Path) -> None:
             raise NodeBootFailed(f"{node_name}: does not boot after imaging (fault boot-fail; "
                                  f"image boot {image_boots})")
     notes = _apply_flashed(directory, profile)
+    refresh_boot_log(profile)
     write_json(profile_path, profile)
     driver = None
     version_file = rootfs / DRIVER_VERSION_PATH

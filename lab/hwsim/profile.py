@@ -375,3 +375,18 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def refresh_boot_log(profile: dict[str, Any]) -> None:
+    """Rewrite the boot-log lines that name firmware versions after the firmware changed:
+    the kernel prints what is running at boot."""
+    by_bdf = {hca["pci_bdf"]: hca["fw_version"] for hca in profile["hcas"]}
+    for entry in profile["boot_log"]:
+        line = entry[1]
+        if line.startswith("mlx5_core ") and ": firmware version: " in line:
+            bdf = line.split()[1].rstrip(":")
+            if bdf in by_bdf:
+                entry[1] = f"mlx5_core {bdf}: firmware version: {by_bdf[bdf]}"
+        elif line.startswith("DMI: ") and ", BIOS " in line:
+            head, _, tail = line.partition(", BIOS ")
+            entry[1] = f"{head}, BIOS {profile['firmware']['bios']} {tail.split(' ', 1)[1]}"

@@ -19,6 +19,7 @@ class Node:
         self.lab = tmp / "lab"
         self.rootfs = tmp / "rootfs"
         self.name = name
+        tmp.mkdir(parents=True, exist_ok=True)
         faults_file = None
         if faults is not None:
             faults_file = tmp / "faults.json"
@@ -29,11 +30,13 @@ class Node:
         self.driver_file.parent.mkdir(parents=True)
         self.driver_file.write_text(DRIVER + "\n")
         on_node_boot(self.lab, name, self.rootfs)
-        monkeypatch.setenv("KILN_HW_DIR", str(self.hw))
-        monkeypatch.setenv("KILN_HW_FLASH_DIR", str(self.hw / "flash"))
-        monkeypatch.setenv("KILN_HWSIM_DRIVER_VERSION_FILE", str(self.driver_file))
+        self.monkeypatch = monkeypatch
+        self.monkeypatch.setenv("KILN_HWSIM_FLAKY_SEED", "1")
 
     def run(self, tool: str, *argv: str) -> tuple[int, str]:
+        self.monkeypatch.setenv("KILN_HW_DIR", str(self.hw))
+        self.monkeypatch.setenv("KILN_HW_FLASH_DIR", str(self.hw / "flash"))
+        self.monkeypatch.setenv("KILN_HWSIM_DRIVER_VERSION_FILE", str(self.driver_file))
         module = importlib.import_module(f"lab.hwsim.tools.{tool}")
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -41,9 +44,43 @@ class Node:
         return rc, out.getvalue()
 
 
-def diff_lines(a: str, b: str) -> list[tuple[str, str]]:
-    """Lines that differ between two outputs of the same length (timestamps dropped)."""
-    la = [line for line in a.splitlines() if "Timestamp" not in line and "timestamp" not in line]
-    lb = [line for line in b.splitlines() if "Timestamp" not in line and "timestamp" not in line]
-    assert len(la) == len(lb), "outputs differ in length"
-    return [(x, y) for x, y in zip(la, lb, strict=True) if x != y]
+# what each fault test compares: name -> (tool module, argv)
+VIEWS = {
+    "smi-q": ("nvidia_smi", ["-q"]),
+    "smi-x": ("nvidia_smi", ["-q", "-x"]),
+    "nvlink-s": ("nvidia_smi", ["nvlink", "-s"]),
+    "nvlink-e": ("nvidia_smi", ["nvlink", "-e"]),
+    "ibstat": ("ibstat", []),
+    "ibstatus": ("ibstatus", []),
+    "ibv_devinfo": ("ibv_devinfo", []),
+    "mlxfwmanager": ("mlxfwmanager", ["--query"]),
+    "dmesg": ("dmesg", []),
+    "dcgmi": ("dcgmi", ["diag", "-r", "3"]),
+    "nccl": ("all_reduce_perf", ["-b", "1G", "-e", "8G", "-g", "8"]),
+}
+
+
+def snapshot(node: Node) -> dict[str, tuple[int, list[str]]]:
+    """Every view's exit status and lines, clock-dependent lines dropped."""
+    out = {}
+    for name, (tool, argv) in VIEWS.items():
+        rc, text = node.run(tool, *argv)
+        lines = [line for line in text.splitlines() if "imestamp" not in line and "Pid" not in line]
+        out[name] = (rc, lines)
+    return out
+
+
+def changed(a: dict, b: dict) -> dict[str, list[tuple[str, str]]]:
+    """view -> [(healthy line, faulted line)] for every view whose output differs."""
+    result = {}
+    for name in a:
+        (rc_a, la), (rc_b, lb) = a[name], b[name]
+        if (rc_a, la) == (rc_b, lb):
+            continue
+        pairs = [(x, y) for x, y in zip(la, lb, strict=False) if x != y]
+        longer = la[len(lb):] if len(la) > len(lb) else lb[len(la):]
+        pairs += [("", y) for y in longer] if len(lb) > len(la) else [(x, "") for x in longer]
+        if rc_a != rc_b:
+            pairs.append((f"rc={rc_a}", f"rc={rc_b}"))
+        result[name] = pairs
+    return result
