@@ -19,18 +19,6 @@ TOOLS = {
     "dmesg": "dmesg",
 }
 
-# which simulated vendor package puts which tools in place (as the real packages do)
-PACKAGE_TOOLS = {
-    "nvidia-compute-utils": ["nvidia-smi"],
-    "datacenter-gpu-manager": ["dcgmi"],
-    "infiniband-diags": ["ibstat", "ibstatus"],
-    "ibverbs-utils": ["ibv_devinfo"],
-    "mft": ["mlxconfig", "mlxfwmanager", "flint"],
-    "nccl-tests": ["all_reduce_perf"],
-    "perftest": ["ib_write_bw"],
-}
-
-
 def script(tool: str, package: str = "kiln_hwsim") -> str:
     """The text of `/usr/bin/<tool>` on a node."""
     module = TOOLS[tool]
