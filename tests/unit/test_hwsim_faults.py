@@ -251,3 +251,22 @@ def test_kiln_lab_fault_at_run_time(healthy, tmp_path, monkeypatch, capsys):
     assert "field 'hca': 'twelve' is not" in capsys.readouterr().err
     assert fault_command(["gpu-001", "--clear"]) == 0
     assert changed(healthy, snapshot(node)) == {}
+
+
+def test_two_node_busbw_reflects_both_participants(tmp_path, monkeypatch):
+    """What rank 0 computes from the records every rank allgathers under mpirun."""
+    from lab.hwsim.tools import _perf, all_reduce_perf
+    from lab.hwsim.view import load_view
+
+    def record(node: Node, host: str) -> dict:
+        return {"host": host, "health": _perf.health(load_view(node.hw))}
+
+    good = Node(tmp_path / "a", monkeypatch)
+    slow = Node(tmp_path / "b", monkeypatch, faults=[{"kind": "hca-rate", "hca": 3}])
+    down = Node(tmp_path / "c", monkeypatch, faults=[{"kind": "hca-port-down", "hca": 0}])
+    pair = all_reduce_perf._peak_busbw([record(good, "a"), record(good, "a2")], 16)[0]
+    assert 370 <= pair <= 390
+    with_slow = all_reduce_perf._peak_busbw([record(good, "a"), record(slow, "b")], 16)[0]
+    with_down = all_reduce_perf._peak_busbw([record(good, "a"), record(down, "c")], 16)[0]
+    assert with_slow == pytest.approx(pair / 2)
+    assert with_down == pytest.approx(pair * 7 / 8)
