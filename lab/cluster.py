@@ -95,15 +95,22 @@ def up(
             machine.wipe()
             machine.prepare_hardware(faults_file)
             netns.create_node_network(machine.name, machine.state.address)
-        log(f"kiln lab: {integrations.start_vendor_repo(lab)} ({state.endpoints['vendor_repo']})")
+        log(f"kiln lab: {integrations.start_vendor_repo(lab, log)} "
+            f"({state.endpoints['vendor_repo']})")
         for machine in machines:
             machine.mount()
             machine.install_identity(nodes, public_key)
-            machine.boot()
+            try:
+                machine.boot()
+            except integrations.NodeBootFailed as exc:
+                # A real node that does not boot stays racked and powered: keep it, say why.
+                log(f"kiln lab: {exc}")
+                machine.state.state = "boot-failed"
+                continue
             machine.state.state = "running"
         # Saved before waiting: a node that fails to come up is still there to look at.
         save_state(state, lab)
-        _wait_all_ssh(machines)
+        _wait_all_ssh([m for m in machines if m.state.state == "running"])
         elapsed = time.monotonic() - started
         log(f"kiln lab: {len(nodes)} nodes up in {elapsed:.1f} s (base {base})")
         return state

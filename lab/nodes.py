@@ -27,7 +27,7 @@ from pathlib import Path
 from lab import integrations
 from lab.host import LabError, run
 from lab.netns import kill_netns_processes
-from lab.state import NodeState
+from lab.state import VENDOR_REPO_URL, NodeState
 
 INIT_SOURCE = Path(__file__).with_name("node_init.py")
 
@@ -125,6 +125,24 @@ class Node:
         keys = ssh / "authorized_keys"
         keys.write_text(public_key.strip() + "\n")
         keys.chmod(0o600)
+        self._install_os_archive()
+
+    def _install_os_archive(self) -> None:
+        """apt points at the lab's mirror of the distribution, as MAAS points it at its own.
+
+        The vendor (NVIDIA/Mellanox) repository is not configured here: adding it is
+        kiln's job on a real node too.
+        """
+        key = self.lab / "vendor" / "keys" / "lab-archive.asc"
+        if not key.exists():
+            return
+        keyrings = self.merged / "etc/apt/keyrings"
+        keyrings.mkdir(parents=True, exist_ok=True)
+        (keyrings / "kiln-lab-os.asc").write_text(key.read_text())
+        (self.merged / "etc/apt/sources.list.d/kiln-lab-os.list").write_text(
+            "deb [signed-by=/etc/apt/keyrings/kiln-lab-os.asc] "
+            f"{VENDOR_REPO_URL}os bookworm main\n"
+        )
 
     # -- power --------------------------------------------------------------------------
     def pid(self) -> int | None:

@@ -19,10 +19,9 @@ pytestmark = pytest.mark.lab
 DRIVER = "nvidia-driver-570-server-open"
 V148 = "570.148.08-1kilnlab1"
 V124 = "570.124.06-1kilnlab1"
-SOURCES = (
-    "deb [signed-by=/etc/apt/keyrings/kiln-lab.asc] http://10.231.0.1:8081/apt kilnlab main\n"
-    "deb [signed-by=/etc/apt/keyrings/kiln-lab.asc] http://10.231.0.1:8081/os bookworm main\n"
-)
+# The node already points at the lab's os/ mirror (as MAAS points a node at its archive);
+# the vendor repository is what a deploy adds.
+SOURCES = "deb [signed-by=/etc/apt/keyrings/kiln-lab.asc] http://10.231.0.1:8081/apt kilnlab main\n"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0"
 
 
@@ -45,6 +44,8 @@ def node(lab, labtools):
     def run(command: str, check: bool = True) -> str:
         return labtools.ssh(lab, name, command, check=check)
 
+    run.name = name
+
     yield run
     run(
         f"{APT} purge 'nvidia-*' 'libnvidia-*' kiln-hwsim-common jq; "
@@ -66,6 +67,30 @@ def test_installing_a_driver_version_installs_exactly_it_and_its_tools(node):
     shebang = node("test -x /usr/bin/nvidia-smi && head -1 /usr/bin/nvidia-smi")
     assert shebang == "#!/usr/bin/python3\n"
     node("python3 -c 'import kiln_hwsim'")
+
+
+def test_installed_tools_report_the_hardware_through_the_real_parsers(node, lab):
+    """After install and a power cycle, the simulated tools on the node print what the
+    parsers written against real captures read: the loaded driver, 8 H100s, 8 NDR HCAs."""
+    from lab import cluster
+    from roles.infiniband.parsers import parse_ibstat
+    from roles.nvidia.parsers import parse_nvidia_smi_q
+
+    node(f"{APT} install {DRIVER}={V148} doca-ofed")
+    # The running module is the one loaded at boot: before a reboot there is none.
+    before = node("nvidia-smi -q", check=False)
+    assert "Failed to initialize NVML" in before or "couldn't communicate" in before
+    name = node.name
+    cluster.power_off(name)
+    cluster.power_on(name)
+    smi = parse_nvidia_smi_q(node("nvidia-smi -q"))
+    assert smi["driver_version"] == "570.148.08"
+    assert len(smi["gpus"]) == 8
+    assert {gpu["product_name"] for gpu in smi["gpus"]} == {"NVIDIA H100 80GB HBM3"}
+    hcas = parse_ibstat(node("ibstat"))
+    assert len(hcas) == 8
+    assert {port["rate"] for hca in hcas for port in hca["ports"]} == {400}
+    assert {port["link_layer"] for hca in hcas for port in hca["ports"]} == {"InfiniBand"}
 
 
 def test_moving_to_an_older_release_with_a_pin(node):
