@@ -70,21 +70,14 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    try:
-        from lab.cli import run as lab_run
-    except ImportError:
-        raise KilnError("the lab is not built yet (issue 'Lab, part 1')") from None
+    from lab.cli import run as lab_run
+
     return lab_run(args.lab_args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from lab.demo import run as demo_run
-    except ImportError:
-        raise KilnError(
-            "`make demo` needs the lab, which is not built yet (issue 'Lab, part 1'); "
-            "preview bring-up instead: .venv/bin/pyinfra --dry inventory/prod.py deploy/bringup.py"
-        ) from None
+    from lab.demo import run as demo_run
+
     return demo_run(args)
 
 
