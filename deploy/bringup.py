@@ -9,27 +9,11 @@ converged cluster a second run changes nothing.
 
 from pyinfra import host
 
-from roles.base import base
-from roles.burnin import burnin
-from roles.firmware import firmware
-from roles.gate import gate
-from roles.health import health
-from roles.infiniband import infiniband
-from roles.kraken import kraken
 from roles.mirror import mirror
-from roles.nvidia import nvidia
+from roles.pipeline import configure_and_gate
 from roles.provision import provision
 
 provision()
 if "service" in host.groups:
     mirror()
-base()
-if "gpu" in host.groups:
-    nvidia()
-    infiniband()
-firmware()
-kraken()
-if "gpu" in host.groups:
-    health()
-    burnin()
-    gate()
+configure_and_gate()

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 
-MAGIC = b"KILN-LAB-FIRMWARE\n"
+# One reader of the format, shared with the simulated flashing tools inside nodes.
+from lab.hwsim.blobs import MAGIC, read_blob_header
+
+__all__ = ["MAGIC", "blob_bytes", "blob_file_name", "blob_sha256", "read_blob_header"]
+
 BLOB_SIZE = 256 * 1024
 
 
@@ -27,21 +31,6 @@ def blob_bytes(component: str, version: str) -> bytes:
         filler += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
         counter += 1
     return (header + bytes(filler))[:BLOB_SIZE]
-
-
-def read_blob_header(data: bytes) -> tuple[str, str] | None:
-    """(component, version) of a lab image, or None when `data` is not one."""
-    if not data.startswith(MAGIC):
-        return None
-    fields = {}
-    for line in data[len(MAGIC) : len(MAGIC) + 512].split(b"\n"):
-        if not line:
-            break
-        key, _, value = line.decode(errors="replace").partition("=")
-        fields[key] = value
-    if "component" not in fields or "version" not in fields:
-        return None
-    return fields["component"], fields["version"]
 
 
 def blob_sha256(component: str, version: str) -> str:

@@ -52,11 +52,20 @@ def start_sshd() -> None:
     log(f"sshd started (exit {result.returncode})")
 
 
+def bind_kernel_log() -> None:
+    """`dmesg` shows the simulated machine's kernel log, not the host kernel's."""
+    shim = "/run/kiln-hw/kernel/dmesg"
+    if os.path.exists(shim) and os.path.exists("/usr/bin/dmesg"):
+        result = subprocess.run(["mount", "--bind", shim, "/usr/bin/dmesg"])
+        log(f"kernel log bound (exit {result.returncode})")
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     os.makedirs("/run/lock", exist_ok=True)
     log(f"booting {os.uname().nodename}")
+    bind_kernel_log()
     try:
         start_sshd()
     except Exception as exc:  # the node stays up so a human can look at it

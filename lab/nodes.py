@@ -30,6 +30,7 @@ from lab.netns import kill_netns_processes
 from lab.state import VENDOR_REPO_URL, NodeState
 
 INIT_SOURCE = Path(__file__).with_name("node_init.py")
+HWSIM_SOURCE = Path(__file__).with_name("hwsim")
 
 # Runs in the node's fresh namespaces, still seeing the host's filesystem.
 LAUNCHER = r"""
@@ -93,6 +94,30 @@ class Node:
         integrations.prepare_node_hardware(
             self.lab, self.name, self.state.index, self.state.role, faults_file
         )
+        self._install_kernel_log()
+
+    def _install_kernel_log(self) -> None:
+        """The node's kernel ring buffer, as `dmesg` shows it.
+
+        The node shares the host's kernel, whose log says nothing about simulated GPUs, so
+        the node's init binds this script over /usr/bin/dmesg. It lives beside the hardware
+        state (read-only in the node, outside its writable filesystem) because the kernel
+        log belongs to the machine, not to anything a package installs.
+        """
+        kernel = self.hw / "kernel"
+        shutil.rmtree(kernel, ignore_errors=True)
+        shutil.copytree(HWSIM_SOURCE, kernel / "kiln_hwsim",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        dmesg = kernel / "dmesg"
+        dmesg.write_text(
+            "#!/usr/bin/python3\n"
+            "# kiln lab: the simulated kernel ring buffer of this node's hardware.\n"
+            "import sys\n"
+            "sys.path.insert(0, '/run/kiln-hw/kernel')\n"
+            "from kiln_hwsim.tools.dmesg import main\n"
+            "sys.exit(main())\n"
+        )
+        dmesg.chmod(0o755)
 
     def mounted(self) -> bool:
         return os.path.ismount(self.merged)

@@ -1,7 +1,7 @@
 """Reading the lab's firmware images (the format lab/firmware_blobs.py writes).
 
-The same few lines as `lab.firmware_blobs.read_blob_header`, kept here because this package
-runs inside nodes, where only the stdlib and this package are installed.
+It lives here, not in lab/firmware_blobs.py, because this package runs inside nodes, where
+only the stdlib and this package are installed; the host side imports it from here.
 """
 
 from __future__ import annotations

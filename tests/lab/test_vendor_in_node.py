@@ -105,3 +105,18 @@ def test_moving_to_an_older_release_with_a_pin(node):
 def test_debian_packages_come_from_the_os_mirror(node):
     node(f"{APT} install jq")
     assert node("echo '{\"a\": 1}' | jq .a") == "1\n"
+
+
+def test_dmesg_on_a_node_is_its_simulated_kernel_log(node, labtools):
+    """`dmesg` on a node shows its hardware's boot log, and a fault injected at run time
+    appears there the way an Xid does on a real node, read by the real-fixture parser."""
+    from roles.health.parsers import parse_kernel_log
+
+    clean = parse_kernel_log(node("dmesg"))
+    assert clean["lines"] > 0 and clean["xids"] == []
+    labtools.kiln("fault", node.name, "xid", "gpu=2", "code=79")
+    try:
+        events = parse_kernel_log(node("dmesg"))["xids"]
+    finally:
+        labtools.kiln("fault", node.name, "--clear", "xid")
+    assert [event["xid"] for event in events] == [79]

@@ -1,0 +1,26 @@
+"""The stages after a node has an OS, shared by bring-up and reprovisioning."""
+
+from pyinfra import host
+
+from roles.base import base
+from roles.burnin import burnin
+from roles.firmware import firmware
+from roles.gate import gate
+from roles.health import health
+from roles.infiniband import infiniband
+from roles.kraken import kraken
+from roles.nvidia import nvidia
+
+
+def configure_and_gate() -> None:
+    """Pin the stack, check the node, and gate it into the pool (GPU nodes only)."""
+    base()
+    if "gpu" in host.groups:
+        nvidia()
+        infiniband()
+    firmware()
+    kraken()
+    if "gpu" in host.groups:
+        health()
+        burnin()
+        gate()
