@@ -31,6 +31,7 @@ from lab.state import VENDOR_REPO_URL, NodeState
 
 INIT_SOURCE = Path(__file__).with_name("node_init.py")
 HWSIM_SOURCE = Path(__file__).with_name("hwsim")
+STARTUP_GRACE = 5.0  # seconds a just-started node may not look running yet
 
 # Runs in the node's fresh namespaces, still seeing the host's filesystem.
 LAUNCHER = r"""
@@ -234,11 +235,14 @@ class Node:
 
     def wait_ssh(self, timeout: float) -> None:
         """Until sshd answers with its banner; error with the console's tail if it does not."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while time.monotonic() < deadline:
             if ssh_banner(self.state.address, self.state.ssh_port):
                 return
-            if not self.running():
+            # Just after the start, the child may not have exec'd `ip` yet, and running()
+            # (which checks the command line against a recycled PID) says no: give it time.
+            if not self.running() and time.monotonic() - started > STARTUP_GRACE:
                 break
             time.sleep(0.1)
         tail = ""
