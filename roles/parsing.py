@@ -56,3 +56,14 @@ def parse_file(tool: str, path: Path) -> str:
     except ParseError as exc:
         raise KilnError(f"{path}: {exc}") from None
     return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
+def parse_fact_output(parser: Callable[[str], Any], output: list[str]) -> Any:
+    """A fact's process(): run `parser` on pyinfra's output lines; a parse failure becomes
+    pyinfra's FactProcessError, so the host fails with the parser's message (the line)."""
+    from pyinfra.api.exceptions import FactProcessError
+
+    try:
+        return parser("\n".join(output))
+    except ParseError as exc:
+        raise FactProcessError(str(exc)) from None

@@ -11,17 +11,9 @@ import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.api.exceptions import FactProcessError
 
 from roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
-from roles.parsing import ParseError
-
-
-def _parsed(parser: Any, output: list[str]) -> Any:
-    try:
-        return parser("\n".join(output))
-    except ParseError as exc:
-        raise FactProcessError(str(exc)) from None
+from roles.parsing import parse_fact_output
 
 
 class NcclTestsLog(FactBase):
@@ -31,7 +23,7 @@ class NcclTestsLog(FactBase):
         return f"cat {shlex.quote(path)} 2>/dev/null || true"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return _parsed(parse_nccl_tests, output)
+        return parse_fact_output(parse_nccl_tests, output)
 
 
 class IbWriteBwLog(FactBase):
@@ -41,4 +33,4 @@ class IbWriteBwLog(FactBase):
         return f"cat {shlex.quote(path)} 2>/dev/null || true"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return _parsed(parse_ib_write_bw, output)
+        return parse_fact_output(parse_ib_write_bw, output)

@@ -6,17 +6,9 @@ import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.api.exceptions import FactProcessError
 
 from roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
-from roles.parsing import ParseError
-
-
-def _parsed(parser: Any, output: list[str]) -> Any:
-    try:
-        return parser("\n".join(output))
-    except ParseError as exc:
-        raise FactProcessError(str(exc)) from None
+from roles.parsing import parse_fact_output
 
 
 class MlxFwManagerQuery(FactBase):
@@ -32,7 +24,7 @@ class MlxFwManagerQuery(FactBase):
         return "mlxfwmanager"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_mlxfwmanager, output)
+        return parse_fact_output(parse_mlxfwmanager, output)
 
 
 class MlxConfigQuery(FactBase):
@@ -45,5 +37,5 @@ class MlxConfigQuery(FactBase):
         return "mlxconfig"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        devices = _parsed(parse_mlxconfig, output)
+        devices = parse_fact_output(parse_mlxconfig, output)
         return devices[0]

@@ -6,17 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.api.exceptions import FactProcessError
 
 from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
-from roles.parsing import ParseError
-
-
-def _parsed(parser: Any, output: list[str]) -> Any:
-    try:
-        return parser("\n".join(output))
-    except ParseError as exc:
-        raise FactProcessError(str(exc)) from None
+from roles.parsing import parse_fact_output
 
 
 class DcgmiDiag(FactBase):
@@ -32,7 +24,7 @@ class DcgmiDiag(FactBase):
         return "dcgmi"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return _parsed(parse_dcgmi_diag, output)
+        return parse_fact_output(parse_dcgmi_diag, output)
 
 
 class KernelLog(FactBase):
@@ -45,4 +37,4 @@ class KernelLog(FactBase):
         return "dmesg"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return _parsed(parse_kernel_log, output)
+        return parse_fact_output(parse_kernel_log, output)

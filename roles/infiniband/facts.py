@@ -5,17 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.api.exceptions import FactProcessError
 
 from roles.infiniband.parsers import parse_ibstat, parse_sysfs_infiniband
-from roles.parsing import ParseError
-
-
-def _parsed(parser: Any, output: list[str]) -> Any:
-    try:
-        return parser("\n".join(output))
-    except ParseError as exc:
-        raise FactProcessError(str(exc)) from None
+from roles.parsing import parse_fact_output
 
 
 class IbStat(FactBase):
@@ -30,7 +22,7 @@ class IbStat(FactBase):
         return "ibstat"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_ibstat, output)
+        return parse_fact_output(parse_ibstat, output)
 
 
 class InfinibandSysfs(FactBase):
@@ -52,4 +44,4 @@ class InfinibandSysfs(FactBase):
         )
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_sysfs_infiniband, output)
+        return parse_fact_output(parse_sysfs_infiniband, output)

@@ -6,17 +6,9 @@ import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.api.exceptions import FactProcessError
 
 from roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
-from roles.parsing import ParseError
-
-
-def _parsed(parser: Any, output: list[str]) -> Any:
-    try:
-        return parser("\n".join(output))
-    except ParseError as exc:
-        raise FactProcessError(str(exc)) from None
+from roles.parsing import parse_fact_output
 
 
 class NvidiaSmiQuery(FactBase):
@@ -29,7 +21,7 @@ class NvidiaSmiQuery(FactBase):
         return "nvidia-smi"
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return _parsed(parse_nvidia_smi_q, output)
+        return parse_fact_output(parse_nvidia_smi_q, output)
 
 
 class NvidiaSmiCsv(FactBase):
@@ -45,7 +37,7 @@ class NvidiaSmiCsv(FactBase):
         return "nvidia-smi"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_nvidia_smi_csv, output)
+        return parse_fact_output(parse_nvidia_smi_csv, output)
 
 
 class NvlinkStatus(FactBase):
@@ -60,7 +52,7 @@ class NvlinkStatus(FactBase):
         return "nvidia-smi"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_nvlink, output)
+        return parse_fact_output(parse_nvlink, output)
 
 
 class NvlinkErrors(FactBase):
@@ -75,4 +67,4 @@ class NvlinkErrors(FactBase):
         return "nvidia-smi"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
-        return _parsed(parse_nvlink, output)
+        return parse_fact_output(parse_nvlink, output)

@@ -1,4 +1,5 @@
-"""The simulated tools: `/usr/bin/<tool>` on a lab node runs `TOOLS[tool]`'s `main()`.
+"""The simulated tools: `/usr/bin/<tool>` on a lab node runs `TOOLS[tool]`'s `main()`
+(the scripts are written by the vendor packages, lab/vendor/debs.py).
 
 Each module prints what the real tool prints for the node's view (profile + faults +
 boot), with the real exit statuses where the real tool has them.
@@ -18,14 +19,3 @@ TOOLS = {
     "ib_write_bw": "ib_write_bw",
     "dmesg": "dmesg",
 }
-
-def script(tool: str, package: str = "kiln_hwsim") -> str:
-    """The text of `/usr/bin/<tool>` on a node."""
-    module = TOOLS[tool]
-    return (
-        "#!/usr/bin/python3\n"
-        f"# {tool}: simulated by kiln's lab (kiln_hwsim), prints what the real tool prints\n"
-        "import sys\n"
-        f"from {package}.tools.{module} import main\n"
-        "sys.exit(main())\n"
-    )
