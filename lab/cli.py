@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab.cluster import up
 
     faults = Path(args.faults) if args.faults else None
-    state = up(args.nodes, args.service_nodes, faults)
+    state = up(args.nodes, args.service_nodes, faults, deployed=args.deployed)
     print_table(state)
     return 0
 
@@ -43,19 +44,41 @@ def cmd_status(args: argparse.Namespace) -> int:
         if node.state == "running" and not Node(Path(state.lab_dir), node).running():
             node.state = "off"
     if args.json:
-        sys.stdout.write(state.to_json())
+        document = json.loads(state.to_json())
+        document["services"] = service_states(Path(state.lab_dir))
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         print_table(state)
     return 0
 
 
+def service_states(lab: Path) -> dict[str, str]:
+    """Every host-side lab service (BMCs, MAAS, UFM): "running" or "dead"."""
+    from lab import services
+
+    names = sorted(f.stem for f in services.services_dir(lab).glob("*.pid"))
+    return {name: "running" if services.running(lab, name) else "dead" for name in names}
+
+
 def print_table(state: LabState) -> None:
-    print(f"{'NODE':<10} {'ROLE':<8} {'ADDRESS':<14} {'SSH':<5} STATE")
+    from lab.nodes import ssh_banner
+
+    print(f"{'NODE':<10} {'ROLE':<8} {'ADDRESS':<12} {'POWER':<6} {'DISK':<10} {'SSH':<4} BMC")
     for node in state.nodes:
-        print(f"{node.name:<10} {node.role:<8} {node.address:<14} {node.ssh_port:<5} {node.state}")
-    print(f"ssh key: {state.ssh_key}")
+        power = "on" if node.state == "running" else "off"
+        ssh = "up" if power == "on" and ssh_banner(node.address, node.ssh_port) else "-"
+        bmc = f"{node.bmc.get('protocol', '?')} {node.bmc.get('address', '?')}"
+        print(f"{node.name:<10} {node.role:<8} {node.address:<12} {power:<6} {node.disk:<10} "
+              f"{ssh:<4} {bmc}")
     for name, url in state.endpoints.items():
         print(f"{name}: {url}")
+    for name, status in service_states(Path(state.lab_dir)).items():
+        print(f"service {name}: {status}")
+    print(f"ssh key: {state.ssh_key}")
+    if state.secrets_file:
+        print(f"credentials: {state.secrets_file} (0600)")
+    if state.tls_ca:
+        print(f"lab CA: {state.tls_ca}")
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
@@ -73,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-nodes", type=int, default=1, metavar="M", help="service nodes (default 1)"
     )
     up.add_argument("--faults", metavar="FILE", help="YAML file of simulated hardware faults")
+    up.add_argument(
+        "--deployed",
+        action="store_true",
+        help="start every node already deployed and running (default: New in MAAS, off)",
+    )
     up.set_defaults(func=cmd_up)
     status = commands.add_parser("status", help="the lab's nodes and endpoints")
     status.add_argument("--json", action="store_true", help="print state.json")

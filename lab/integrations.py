@@ -1,5 +1,9 @@
 """The one place the node builder calls the lab's other parts.
 
+- the simulated services around the nodes (lab/bmc, lab/maas_sim, lab/ufm_sim): each a
+  package with `start(lab, state, log, ...) -> str` (a one-line summary) and `stop(lab)`,
+  started after the nodes and stopped before them;
+
 - the hardware simulator (`lab/hwsim/lab_hooks.py`): writes a node's hardware state under
   `hw/<name>/` before the node exists, and `boot.json` at each boot; `kiln lab fault`;
 - the vendor repository (`lab/vendor/`): built (a no-op when nothing changed) and served
@@ -8,10 +12,12 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
-from lab import vendor
+from lab import services, vendor
 from lab.hwsim import lab_hooks
 from lab.hwsim.lab_hooks import NodeBootFailed
 from lab.vendor import server
@@ -44,3 +50,37 @@ def start_vendor_repo(lab: Path, log: Callable[[str], None] = print) -> str:
 
 def stop_vendor_repo(lab: Path) -> None:
     server.stop(lab)
+
+
+# Started in this order (MAAS drives the BMCs, so they come first), stopped in reverse.
+SIMULATORS = ("lab.bmc", "lab.maas_sim", "lab.ufm_sim")
+
+
+def _simulator(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+def start_simulators(lab: Path, state: object, deployed: bool, log: Callable[[str], None]) -> None:
+    for module in SIMULATORS:
+        simulator = _simulator(module)
+        if simulator is None:
+            log(f"kiln lab: {module} is not built yet; not started")
+            continue
+        if module == "lab.maas_sim":
+            summary = simulator.start(lab, state, log, deployed=deployed)
+        else:
+            summary = simulator.start(lab, state, log)
+        log(f"kiln lab: {summary}")
+
+
+def stop_simulators(lab: Path) -> None:
+    for module in reversed(SIMULATORS):
+        simulator = _simulator(module)
+        if simulator is not None:
+            simulator.stop(lab)
+    services.stop_all(lab)  # whatever a simulator left registered

@@ -43,6 +43,15 @@ def ensure_bridge() -> None:
     run(["ip", "link", "set", BRIDGE, "up"])
 
 
+def add_bmc_addresses(addresses: list[str]) -> None:
+    """The BMCs' own addresses (10.231.1.x), host-side on the bridge: each BMC emulator
+    listens on its node's BMC address, as a real BMC has its own on the management network."""
+    present = run(["ip", "-j", "addr", "show", "dev", BRIDGE]).stdout
+    for address in addresses:
+        if f'"{address}"' not in present:
+            run(["ip", "addr", "add", f"{address}/32", "dev", BRIDGE])
+
+
 def lab_netns() -> list[str]:
     """Every kiln network namespace there is, whatever the state file says."""
     out = run(["ip", "-j", "netns", "list"], check=False).stdout.strip()

@@ -16,6 +16,7 @@ overlay, pivots into it and execs the node's init (lab/node_init.py) as PID 1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -79,6 +80,8 @@ class Node:
         self.hw = lab / "hw" / node.name
         self.pid_file = self.dir / "pid"
         self.console = self.dir / "console.log"
+        # Why the last boot of an installed disk failed (the `boot-fail` fault), if it did.
+        self.boot_error: str | None = None
 
     # -- disk ---------------------------------------------------------------------------
     def wipe(self) -> None:
@@ -217,6 +220,33 @@ class Node:
                 start_new_session=True,  # outlives the kiln command that started it
             )
         self.pid_file.write_text(f"{process.pid}\n")
+
+    def boot_without_os(self, why: str) -> None:
+        """Power on with nothing to run: the firmware's "no bootable device" (or a failed
+        boot). The node is on (its BMC says so) but has no OS and no sshd."""
+        if self.running():
+            return
+        argv = [
+            "ip", "netns", "exec", self.state.netns,
+            "unshare", "--pid", "--mount", "--uts", "--fork", "--kill-child", "--",
+            "/bin/sh", "-c", 'echo "$KILN_WHY"; exec sleep infinity',
+        ]  # fmt: skip
+        with open(self.console, "ab") as console:
+            process = subprocess.Popen(
+                argv,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KILN_WHY": why},
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+
+    def write_image_record(self, image: dict[str, str]) -> None:
+        """What the installer leaves on the disk about the image it wrote."""
+        record = self.merged / "etc/kiln-lab/image.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(image, indent=2, sort_keys=True) + "\n")
 
     def power_off(self) -> None:
         """Cut the power: every process of the node dies at once, the overlay is unmounted."""

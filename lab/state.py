@@ -10,16 +10,22 @@ Schema (version 1):
       "ssh_user": "root",
       "ssh_key": "/var/lib/kiln-lab/ssh/id_ed25519",   # private key; sshd in every node takes it
       "faults_file": null,                              # or the --faults FILE given to `lab up`
-      "endpoints": {"vendor_repo": "http://10.231.0.1:8081/"},
+      "secrets_file": "/var/lib/kiln-lab/secrets.yaml", # 0600; BMC, MAAS, UFM credentials
+      "tls_ca": "/var/lib/kiln-lab/tls/ca.pem",         # the lab CA: Redfish and UFM certs
+      "endpoints": {"vendor_repo": "http://10.231.0.1:8081/",
+                    "maas": "http://10.231.0.1:5240/MAAS/", "ufm": "https://10.231.0.1:8443/"},
       "nodes": [
         {"name": "gpu-001", "role": "gpu", "index": 1, "address": "10.231.0.11",
-         "ssh_port": 22, "netns": "kiln-gpu-001", "state": "running"},   # or "off"
+         "ssh_port": 22, "netns": "kiln-gpu-001", "state": "running",   # or "off"
+         "disk": "installed",                                           # or "blank"
+         "bmc": {"protocol": "redfish", "address": "10.231.1.11", "port": 443}},
         ...
       ]
     }
 
-Node *i* (1-based, GPU nodes first, then service nodes) is `10.231.0.(10+i)`: the layout
-contract in lab/README.md.
+Node *i* (1-based, GPU nodes first, then service nodes) is `10.231.0.(10+i)` and its BMC
+`10.231.1.(10+i)`: the layout contract in lab/README.md. Credentials are never in this
+file (it is what `kiln lab status --json` prints); they are in `secrets_file`.
 """
 
 from __future__ import annotations
@@ -37,11 +43,20 @@ BRIDGE = "kilnbr0"
 GATEWAY = "10.231.0.1"
 PREFIX = 24
 VENDOR_REPO_URL = f"http://{GATEWAY}:8081/"
+MAAS_URL = f"http://{GATEWAY}:5240/MAAS/"
+UFM_URL = f"https://{GATEWAY}:8443/"
+# BMCs live on a second subnet on the same bridge: host-side addresses, one per node.
+BMC_SUBNET_GATEWAY = "10.231.1.1"
+REDFISH_PORT = 443
+IPMI_PORT = 623
 # Addresses 10.231.0.11 .. 10.231.0.254: node index 1..244.
 MAX_NODES = 244
 
 Role = Literal["gpu", "service"]
 PowerState = Literal["running", "off"]
+# "blank": a new machine's disk, nothing boots from it; "installed": an OS is on it.
+Disk = Literal["blank", "installed"]
+BmcProtocol = Literal["redfish", "ipmi"]
 
 
 class StateError(Exception):
@@ -63,6 +78,21 @@ def node_address(index: int) -> str:
     return f"10.231.0.{10 + index}"
 
 
+def bmc_address(index: int) -> str:
+    if not 1 <= index <= MAX_NODES:
+        raise ValueError(f"node index {index} is outside 1..{MAX_NODES}")
+    return f"10.231.1.{10 + index}"
+
+
+def bmc_for(index: int, protocol: BmcProtocol) -> dict[str, Any]:
+    port = REDFISH_PORT if protocol == "redfish" else IPMI_PORT
+    return {"protocol": protocol, "address": bmc_address(index), "port": port}
+
+
+def default_endpoints() -> dict[str, str]:
+    return {"vendor_repo": VENDOR_REPO_URL, "maas": MAAS_URL, "ufm": UFM_URL}
+
+
 def netns_name(node: str) -> str:
     return f"kiln-{node}"
 
@@ -76,10 +106,14 @@ class NodeState:
     ssh_port: int = 22
     netns: str = ""
     state: PowerState = "off"
+    disk: Disk = "installed"
+    bmc: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.netns:
             self.netns = netns_name(self.name)
+        if not self.bmc and 1 <= self.index <= MAX_NODES:
+            self.bmc = bmc_for(self.index, "ipmi" if self.role == "service" else "redfish")
 
 
 @dataclass
@@ -89,7 +123,9 @@ class LabState:
     nodes: list[NodeState] = field(default_factory=list)
     faults_file: str | None = None
     ssh_user: str = "root"
-    endpoints: dict[str, str] = field(default_factory=lambda: {"vendor_repo": VENDOR_REPO_URL})
+    secrets_file: str | None = None
+    tls_ca: str | None = None
+    endpoints: dict[str, str] = field(default_factory=default_endpoints)
     network: dict[str, Any] = field(
         default_factory=lambda: {"bridge": BRIDGE, "gateway": GATEWAY, "prefix": PREFIX}
     )
@@ -161,6 +197,12 @@ def parse_state(text: str, source: str = "state.json") -> LabState:
         power = _require(entry, "state", str, where)
         if power not in ("running", "off"):
             raise StateError(f"{where}: state {power!r} is not running or off")
+        disk = entry.get("disk", "installed")
+        if disk not in ("blank", "installed"):
+            raise StateError(f"{where}: disk {disk!r} is not blank or installed")
+        bmc = entry.get("bmc") or {}
+        if not isinstance(bmc, dict) or (bmc and bmc.get("protocol") not in ("redfish", "ipmi")):
+            raise StateError(f"{where}: bmc {bmc!r} is not an object with protocol redfish|ipmi")
         nodes.append(
             NodeState(
                 name=name,
@@ -170,6 +212,8 @@ def parse_state(text: str, source: str = "state.json") -> LabState:
                 ssh_port=_require(entry, "ssh_port", int, where),
                 netns=entry.get("netns") or netns_name(name),
                 state=power,
+                disk=disk,
+                bmc=dict(bmc),
             )
         )
     faults = document.get("faults_file")
@@ -179,6 +223,8 @@ def parse_state(text: str, source: str = "state.json") -> LabState:
         nodes=nodes,
         faults_file=faults if isinstance(faults, str) else None,
         ssh_user=document.get("ssh_user", "root"),
+        secrets_file=document.get("secrets_file"),
+        tls_ca=document.get("tls_ca"),
         endpoints=dict(document.get("endpoints") or {}),
         network=dict(document.get("network") or {}),
         schema=schema,

@@ -60,7 +60,9 @@ def ssh(state: LabState, node: str, command: str, check: bool = True) -> str:
 def bring_up() -> float:
     """`kiln lab up` of the test shape; returns the seconds it took."""
     started = time.monotonic()
-    kiln_lab("up", "--nodes", str(GPU_NODES), "--service-nodes", str(SERVICE_NODES))
+    kiln_lab(
+        "up", "--deployed", "--nodes", str(GPU_NODES), "--service-nodes", str(SERVICE_NODES)
+    )
     return time.monotonic() - started
 
 
