@@ -57,12 +57,17 @@ SIMULATORS = ("lab.bmc", "lab.maas_sim", "lab.ufm_sim")
 
 
 def _simulator(module: str) -> ModuleType | None:
+    """The simulator's package, or None while it is not built (no package, or no start/stop
+    yet): the lab runs without it and says so."""
     try:
-        return importlib.import_module(module)
+        package = importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name != module:
             raise
         return None
+    if not (callable(getattr(package, "start", None)) and callable(getattr(package, "stop", None))):
+        return None
+    return package
 
 
 def start_simulators(lab: Path, state: object, deployed: bool, log: Callable[[str], None]) -> None:

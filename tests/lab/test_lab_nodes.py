@@ -125,7 +125,7 @@ def test_power_off_and_on(lab, labtools, ssh, kiln_lab):
     assert {n["name"]: n["state"] for n in status["nodes"]}[node] == "off"
     assert ssh(lab, node, "true", check=False) == ""
     assert not os.path.ismount(Path(lab.lab_dir) / "nodes" / node / "merged")
-    cluster.power_on(node)
+    cluster.power_on(node, wait=True)
     assert ssh(lab, node, "hostname").strip() == node
     assert load_state().node(node).state == "running"
 

@@ -82,7 +82,7 @@ def test_installed_tools_report_the_hardware_through_the_real_parsers(node, lab)
     assert "Failed to initialize NVML" in before or "couldn't communicate" in before
     name = node.name
     cluster.power_off(name)
-    cluster.power_on(name)
+    cluster.power_on(name, wait=True)
     smi = parse_nvidia_smi_q(node("nvidia-smi -q"))
     assert smi["driver_version"] == "570.148.08"
     assert len(smi["gpus"]) == 8
