@@ -3,6 +3,8 @@ same structure as the real capture, and parsed by the same parser as the real ca
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import threading
@@ -142,6 +144,123 @@ def test_all_reduce_perf_single_node(node):
     last = ours["rows"][-1]
     assert last["size"] == 8 * 2**30
     assert 450 <= last["out_of_place"]["busbw"] <= 480
+
+
+def _mpi_job(nodes: dict[str, Node], per_node: int, ngpus: int) -> list[dict]:
+    """The records the processes of an `mpirun -N per_node … -g ngpus` job allgather."""
+    from lab.hwsim.tools.all_reduce_perf import process_record
+    from lab.hwsim.view import load_view
+
+    return [process_record(load_view(node.hw), host, 100 + i, ngpus)
+            for host, node in nodes.items() for i in range(per_node)]
+
+
+def _two_nodes(tmp_path, monkeypatch, faults: list[dict] | None = None) -> dict[str, Node]:
+    return {"gpu-001": Node(tmp_path / "a", monkeypatch),
+            "gpu-002": Node(tmp_path / "b", monkeypatch, faults=faults, name="gpu-002")}
+
+
+def test_all_reduce_perf_one_rank_per_gpu_drives_every_gpu(tmp_path, monkeypatch):
+    """`-N 8 -g 1` (one rank per GPU, how multi-node burn-in runs nccl-tests): each process
+    takes the GPU of its local rank, so the rank lines name all 16 GPUs by their bus ids."""
+    from lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
+
+    nodes = _two_nodes(tmp_path, monkeypatch)
+    opts = {"b": "1G", "e": "1G", "f": "2", "g": "1", "n": "20", "w": "5", "c": "1", "t": "1",
+            "i": "0", "G": "0", "a": "1"}
+    status, lines = outcome(opts, _mpi_job(nodes, 8, 1), 0, reports=True)
+    parsed = parse_nccl_tests("\n".join(lines))
+    assert status == 0 and parsed["params"]["ngpus"] == 1
+    smi = parse_nvidia_smi_csv(nodes["gpu-002"].run(
+        "nvidia_smi", "--query-gpu=index,pci.bus_id", "--format=csv,noheader")[1],
+        ["index", "pci.bus_id"])
+    buses = [f"0x{row['pci.bus_id'].split(':')[1].lower()}" for row in smi]
+    assert [(r["host"], r["device"]) for r in parsed["ranks"]] == [
+        (host, d) for host in nodes for d in range(8)]
+    assert [r["bus_id"] for r in parsed["ranks"][8:]] == buses
+    assert len({r["pid"] for r in parsed["ranks"]}) == 8  # pids repeat across the two hosts
+    busbw = parsed["rows"][-1]["out_of_place"]["busbw"]
+    assert 0.97 * IB_RING_BUSBW <= busbw <= 1.01 * IB_RING_BUSBW
+    # The same job as one process per node driving 8 GPUs sees the same fabric.
+    status, lines = outcome({**opts, "g": "8"}, _mpi_job(nodes, 1, 8), 0, reports=True)
+    assert parse_nccl_tests("\n".join(lines))["rows"][-1]["out_of_place"]["busbw"] == busbw
+
+
+@pytest.mark.parametrize("per_node,ngpus", [(8, 1), (1, 8)])
+def test_all_reduce_perf_a_fault_on_any_gpu_of_any_participant(tmp_path, monkeypatch, per_node,
+                                                               ngpus):
+    """A slow NVLink or a GPU computing wrong results on the second node's GPU 5 shows in
+    the report rank 0 prints, and every process exits non-zero on wrong results."""
+    from lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
+
+    opts = {"b": "1G", "e": "1G", "f": "2", "g": str(ngpus), "n": "20", "w": "5", "c": "1",
+            "t": "1", "i": "0", "G": "0", "a": "1"}
+    slow = _two_nodes(tmp_path / "slow", monkeypatch,
+                      [{"kind": "nvlink-degraded", "gpu": 5, "factor": 0.5}])
+    status, lines = outcome(opts, _mpi_job(slow, per_node, ngpus), 0, reports=True)
+    busbw = parse_nccl_tests("\n".join(lines))["rows"][-1]["out_of_place"]["busbw"]
+    assert status == 0
+    assert 0.97 * IB_RING_BUSBW * 0.5 <= busbw <= 1.01 * IB_RING_BUSBW * 0.5
+    wrong = _two_nodes(tmp_path / "wrong", monkeypatch, [{"kind": "gpu-wrong-results", "gpu": 5}])
+    records = _mpi_job(wrong, per_node, ngpus)
+    status, lines = outcome(opts, records, 0, reports=True)
+    parsed = parse_nccl_tests("\n".join(lines))
+    assert status == 1 and parsed["rows"][-1]["out_of_place"]["wrong"] > 0
+    assert parsed["out_of_bounds_ok"] is False
+    others = [outcome(opts, records, me, reports=False) for me in range(1, len(records))]
+    assert all(other == (1, []) for other in others)
+
+
+def test_all_reduce_perf_more_ranks_than_gpus_on_a_node(tmp_path, monkeypatch):
+    """A ninth process on an 8-GPU node has no device: it prints CUDA's error, all exit 1."""
+    from lab.hwsim.tools.all_reduce_perf import outcome
+
+    nodes = _two_nodes(tmp_path, monkeypatch)
+    records = _mpi_job(nodes, 9, 1)
+    opts = {"b": "8", "e": "8", "f": "2", "g": "1", "n": "20", "w": "5", "c": "1", "t": "1",
+            "i": "0", "G": "0", "a": "1"}
+    results = [outcome(opts, records, me, reports=me == 0) for me in range(len(records))]
+    assert {status for status, _ in results} == {1}
+    printed = [line for _, lines in results for line in lines]
+    assert printed == [
+        "gpu-001: Test CUDA failure common.cu:1028 'invalid device ordinal'",
+        " .. gpu-001 pid 108: Test failure common.cu:882",
+        "gpu-002: Test CUDA failure common.cu:1028 'invalid device ordinal'",
+        " .. gpu-002 pid 108: Test failure common.cu:882",
+    ]
+
+
+class _Job:
+    """An MPI transport for run(): the other processes' records, gathered by the test."""
+
+    def __init__(self, rank: int, others: list[dict]) -> None:
+        self.rank, self.others, self.barriers = rank, others, 0
+
+    def allgather(self, record: dict) -> list[dict]:
+        return self.others[:self.rank] + [record] + self.others[self.rank:]
+
+    def barrier(self) -> None:
+        self.barriers += 1
+
+
+def test_all_reduce_perf_under_mpi_only_rank_0_prints(node, tmp_path, monkeypatch):
+    """run() allgathers through the job's transport; rank 0 prints, every rank waits."""
+    from lab.hwsim.tools import all_reduce_perf
+    from lab.hwsim.view import load_view
+
+    others = _mpi_job({"gpu-002": Node(tmp_path / "b", monkeypatch, name="gpu-002")}, 1, 8)
+    monkeypatch.setenv("KILN_HWSIM_DRIVER_VERSION_FILE", str(node.driver_file))
+    printed = {}
+    for rank in (0, 1):
+        job = _Job(rank, others)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = all_reduce_perf.run(load_view(node.hw), ["-b", "8", "-e", "1M", "-g", "8"], job)
+        assert rc == 0 and job.barriers == 1
+        printed[rank] = out.getvalue()
+    assert printed[1] == ""
+    hosts = [r["host"] for r in parse_nccl_tests(printed[0])["ranks"]]
+    assert hosts[8:] == ["gpu-002"] * 8 and len(set(hosts)) == 2
 
 
 def test_ib_write_bw_between_two_processes(node):

@@ -4,8 +4,11 @@ Output has nccl-tests 2.x's layout (header, "# Using devices" rank lines, the
 `redop root … #wrong` columns, the closing "Out of bounds" and "Avg bus bandwidth" lines).
 Bandwidth comes from the participants' simulated hardware: ≈470 GB/s busbw at 8 GiB on one
 8-GPU node (NVLS), ≈385 GB/s across nodes (ring over 8×400G), each lowered by NVLink and
-HCA faults. Under mpirun with mpi4py importable (Debian python3-mpi4py), ranks allgather
-their node's health, so a run reflects every participant; rank 0 prints, as in the real tool.
+HCA faults. Under mpirun with mpi4py importable (Debian python3-mpi4py), every process
+allgathers its node's GPUs and HCAs; each process drives the devices nccl-tests would give
+it (local rank × -g onwards: `-np 32 -N 8 -g 1` is one rank per GPU, `-np 4 -g 8` one
+process per node), so a run reflects the state of every GPU and HCA that takes part. Rank 0
+prints, as in the real tool; every rank exits with the run's status.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..view import View, driver_problem, load_view, run_tool
-from ._perf import health
+from ._perf import ib_factor, nvlink_factor
 
 NCCL_VERSION_FILE = "/usr/share/kiln-hwsim/nccl-version"
 DEFAULT_NCCL_VERSION = "2.26.5+cuda12.8"
@@ -92,24 +95,6 @@ def _jitter(key: str) -> float:
     return 1.0 + (digest[0] / 255.0 - 0.5) * 0.01
 
 
-def _gather(local: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every rank's record: mpi4py's allgather under mpirun, just ours otherwise."""
-    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
-    if size <= 1:
-        return [local]
-    try:
-        from mpi4py import MPI  # type: ignore[import-not-found]
-    except ImportError:
-        sys.stderr.write("all_reduce_perf (kiln lab): mpi4py is not installed; this rank only "
-                         "knows its own node (install python3-mpi4py on the nodes)\n")
-        return [local]
-    return MPI.COMM_WORLD.allgather(local)
-
-
-def _rank() -> int:
-    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
-
-
 def _nccl_version() -> str:
     try:
         return Path(NCCL_VERSION_FILE).read_text(encoding="utf-8").strip() or DEFAULT_NCCL_VERSION
@@ -128,67 +113,129 @@ def _peak_busbw(records: list[dict[str, Any]], nranks: int) -> tuple[float, floa
     return IB_RING_BUSBW * min(ib, nvlink), 28.0 + 2.0 * len(hosts)
 
 
-def run(view: View, argv: list[str]) -> int:
-    opts = _options(argv)
-    ngpus = int(opts["g"])
-    host = socket.gethostname()
-    pid = os.getpid()
-    local_gpus = list(range(ngpus))
-    problem = driver_problem(view)
-    if problem is not None or ngpus > len(view.gpus):
-        reason = ("invalid device ordinal" if problem is None
-                  else "system has unsupported display driver / cuda driver combination")
-        sys.stdout.write(f"{host}: Test CUDA failure common.cu:1028 '{reason}'\n"
-                         f" .. {host} pid {pid}: Test failure common.cu:882\n")
-        return 1
-    local = {"host": host, "pid": pid, "ngpus": ngpus, "gpus": [
-        {"index": g["index"], "bus": int(g["pci_bus_id"][9:11], 16), "name": g["name"]}
-        for g in view.gpus[:ngpus]], "health": health(view, local_gpus)}
-    records = _gather(local)
-    # each process on a host takes the next ngpus devices of that host
+class World:
+    """The MPI job this process belongs to: mpi4py's COMM_WORLD under mpirun, else just us."""
+
+    def __init__(self) -> None:
+        size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
+        self.rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
+        self._comm: Any = None
+        if size <= 1:
+            return
+        try:
+            from mpi4py import MPI  # type: ignore[import-not-found]
+        except ImportError:
+            sys.stderr.write("all_reduce_perf (kiln lab): mpi4py is not installed; this rank only "
+                             "knows its own node (install python3-mpi4py on the nodes)\n")
+            return
+        self._comm = MPI.COMM_WORLD
+        self.rank = self._comm.Get_rank()
+
+    def allgather(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every process's record, in rank order (only ours without MPI)."""
+        return self._comm.allgather(record) if self._comm is not None else [record]
+
+    def barrier(self) -> None:
+        # Rank 0 prints the report and the others wait for it, so that a rank exiting
+        # non-zero cannot make mpirun abort the job before the report is out.
+        if self._comm is not None:
+            self._comm.Barrier()
+
+
+def process_record(view: View, host: str, pid: int, ngpus: int) -> dict[str, Any]:
+    """What one process tells the others: its node's GPUs (each one's NVLink share and
+    whether it computes wrong results) and its node's share of the inter-node bandwidth."""
+    usable = driver_problem(view) is None
+    wrong = set(view.profile["sim"]["wrong_results"])
+    gpus = [
+        {"index": g["index"], "bus": int(g["pci_bus_id"][9:11], 16), "name": g["name"],
+         "nvlink": nvlink_factor(view, [g["index"]]), "wrong": g["index"] in wrong}
+        for g in view.gpus
+    ] if usable else []
+    return {"host": host, "pid": pid, "ngpus": ngpus, "driver_ok": usable, "gpus": gpus,
+            "ib": ib_factor(view), "flaky_fail": view.flaky_fails("all_reduce_perf")}
+
+
+def assign_devices(records: list[dict[str, Any]]) -> list[list[int]]:
+    """Each process's CUDA devices, as nccl-tests picks them: its local rank (how many
+    processes of the job come before it on its host) times its -g, and the next -g."""
     seen: dict[str, int] = {}
-    rank_lines = []
-    rank = 0
+    devices = []
     for record in records:
-        first = seen.get(record["host"], 0)
-        seen[record["host"]] = first + record["ngpus"]
-        for j in range(record["ngpus"]):
-            dev = first + j
-            gpu = record["gpus"][j] if j < len(record["gpus"]) else record["gpus"][-1]
-            rank_lines.append(f"#  Rank {rank:2d} Group  0 Pid {record['pid']:6d} on "
+        local_rank = seen.get(record["host"], 0)
+        seen[record["host"]] = local_rank + 1
+        first = local_rank * record["ngpus"]
+        devices.append(list(range(first, first + record["ngpus"])))
+    return devices
+
+
+def _setup_failure(record: dict[str, Any], devices: list[int]) -> list[str]:
+    """The CUDA error nccl-tests prints when a process cannot open its devices."""
+    if not record["driver_ok"]:
+        reason = "system has unsupported display driver / cuda driver combination"
+    elif devices and devices[-1] >= len(record["gpus"]):
+        reason = "invalid device ordinal"
+    else:
+        return []
+    return [f"{record['host']}: Test CUDA failure common.cu:1028 '{reason}'",
+            f" .. {record['host']} pid {record['pid']}: Test failure common.cu:882"]
+
+
+def participants(records: list[dict[str, Any]],
+                 devices: list[list[int]]) -> list[dict[str, Any]]:
+    """Per process: its host and the health of the devices it drives."""
+    out = []
+    for record, devs in zip(records, devices, strict=True):
+        gpus = [record["gpus"][d] for d in devs]
+        out.append({"host": record["host"], "health": {
+            "nvlink": min((g["nvlink"] for g in gpus), default=1.0),
+            "ib": record["ib"],
+            "wrong": any(g["wrong"] for g in gpus),
+        }})
+    return out
+
+
+def _flaky_node(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first flaky node whose coin came up: one draw per node and run (its first
+    process's), however many processes the node holds."""
+    first_on_host: dict[str, dict[str, Any]] = {}
+    for record in records:
+        first_on_host.setdefault(record["host"], record)
+    return next((r for r in first_on_host.values() if r["flaky_fail"]), None)
+
+
+def _header(opts: dict[str, Any], records: list[dict[str, Any]],
+            devices: list[list[int]]) -> list[str]:
+    rank_lines = []
+    for record, devs in zip(records, devices, strict=True):
+        for dev in devs:
+            gpu = record["gpus"][dev]
+            rank_lines.append(f"#  Rank {len(rank_lines):2d} Group  0 Pid {record['pid']:6d} on "
                               f"{record['host']} device {dev:2d} [0x{gpu['bus']:02x}] "
                               f"{gpu['name']}")
-            rank += 1
-    nranks = rank
-    if _rank() != 0:
-        failed = local["health"]["flaky_fail"]
-        return 1 if failed or any(r["health"]["wrong"] for r in records) else 0
-    out = [f"# nThread {opts['t']} nGpus {ngpus} minBytes {parse_size(opts['b'])} maxBytes "
-           f"{parse_size(opts['e'])} step: {opts['f']}(factor) warmup iters: {opts['w']} "
-           f"iters: {opts['n']} agg iters: {opts['a']} validation: {opts['c']} graph: "
-           f"{opts['G']}", "#", "# Using devices", *rank_lines,
-           f"NCCL version {_nccl_version()}"]
-    out += ["#",
+    return [f"# nThread {opts['t']} nGpus {opts['g']} minBytes {parse_size(opts['b'])} maxBytes "
+            f"{parse_size(opts['e'])} step: {opts['f']}(factor) warmup iters: {opts['w']} "
+            f"iters: {opts['n']} agg iters: {opts['a']} validation: {opts['c']} graph: "
+            f"{opts['G']}", "#", "# Using devices", *rank_lines,
+            f"NCCL version {_nccl_version()}", "#",
             "#                                                              out-of-place"
             "                       in-place",
             "#       size         count      type   redop    root     time   algbw   busbw"
             " #wrong     time   algbw   busbw #wrong",
             "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)"
             "            (us)  (GB/s)  (GB/s)"]
-    flaky = [r for r in records if r["health"]["flaky_fail"]]
-    if flaky:
-        bad = flaky[0]
-        sys.stdout.write("\n".join(out) + "\n")
-        sys.stdout.write(f"{bad['host']}: Test NCCL failure common.cu:1279 'unhandled system "
-                         "error (run with NCCL_DEBUG=INFO for details) / '\n"
-                         f" .. {bad['host']} pid {bad['pid']}: Test failure common.cu:1100\n")
-        return 1
-    peak, latency = _peak_busbw(records, nranks)
+
+
+def _table(opts: dict[str, Any], ranks: list[dict[str, Any]],
+           nranks: int) -> tuple[list[str], int]:
+    """The result rows and closing lines, and how many wrong elements they count."""
+    peak, latency = _peak_busbw(ranks, nranks)
     factor = 2 * (nranks - 1) / nranks if nranks > 1 else 0.0
-    wrong = any(r["health"]["wrong"] for r in records) and opts["c"] != "0"
+    wrong = any(r["health"]["wrong"] for r in ranks) and opts["c"] != "0"
     busbws: list[float] = []
     wrong_total = 0
-    key_base = ",".join(sorted({r["host"] for r in records}))
+    key_base = ",".join(sorted({r["host"] for r in ranks}))
+    out = []
     for size in _sizes(opts):
         count = size // 4
         cells = []
@@ -211,8 +258,43 @@ def run(view: View, argv: list[str]) -> int:
     out.append(f"# Out of bounds values : {wrong_total} {'FAILED' if wrong_total else 'OK'}")
     out.append(f"# Avg bus bandwidth    : {avg:g}")
     out.append("#")
-    sys.stdout.write("\n".join(out) + "\n")
-    return 1 if wrong_total else 0
+    return out, wrong_total
+
+
+def outcome(opts: dict[str, Any], records: list[dict[str, Any]], me: int,
+            reports: bool) -> tuple[int, list[str]]:
+    """(exit status, lines to print) for process `me` of a run by `records`' processes.
+    Every process reaches the same status; the reporting one (rank 0) prints the report, a
+    process that cannot open its devices prints its own CUDA error."""
+    devices = assign_devices(records)
+    if any(_setup_failure(r, d) for r, d in zip(records, devices, strict=True)):
+        return 1, _setup_failure(records[me], devices[me])
+    header = _header(opts, records, devices)
+    flaky = _flaky_node(records)
+    if flaky is not None:
+        lines = header + [
+            f"{flaky['host']}: Test NCCL failure common.cu:1279 'unhandled system error (run "
+            "with NCCL_DEBUG=INFO for details) / '",
+            f" .. {flaky['host']} pid {flaky['pid']}: Test failure common.cu:1100"]
+        return 1, lines if reports else []
+    nranks = sum(len(d) for d in devices)
+    table, wrong_total = _table(opts, participants(records, devices), nranks)
+    return (1 if wrong_total else 0), (header + table if reports else [])
+
+
+def run(view: View, argv: list[str], world: World | None = None) -> int:
+    opts = _options(argv)
+    world = world or World()
+    local = process_record(view, socket.gethostname(), os.getpid(), int(opts["g"]))
+    records = world.allgather(local)
+    # Without MPI, a process of a larger job knows only itself.
+    me = world.rank if len(records) > 1 else 0
+    status, lines = outcome(opts, records, me, reports=world.rank == 0)
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    world.barrier()
+    return status
 
 
 def _main(argv: list[str]) -> int:
