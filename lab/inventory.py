@@ -1,8 +1,10 @@
 """The running lab as pyinfra inventory groups (what `inventory/lab.py` exposes).
 
-Host data uses the same keys as production (roles/inventory.py `host_data`), plus what
-only the lab needs: its own key, and no host key checking (every reset makes a new host
-key on the same address; acceptable on the lab's private bridge, never in production).
+Host data uses the same keys as production (roles/inventory.py `host_data`): the node's BMC
+(verified against the lab CA), its MAAS identity, the MAAS and UFM servers, and the lab's
+secrets file as the credentials source. Plus what only the lab needs: its own SSH key, and
+no host key checking (every reimage makes a new host key on the same address; acceptable on
+the lab's private bridge, never in production).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ LAB_RACK = "lab"
 
 
 def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
-    return {
+    data = {
         "ssh_hostname": node.address,
         "ssh_user": state.ssh_user,
         "ssh_port": node.ssh_port,
@@ -29,7 +31,27 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
         "kiln_sku": LAB_SKU,
         "kiln_role": node.role,
         "kiln_rack": LAB_RACK,
+        "kiln_maas": {"system_id": None, "hostname": node.name},
     }
+    if node.bmc:
+        data["kiln_bmc"] = {
+            "address": node.bmc["address"],
+            "protocol": node.bmc["protocol"],
+            "port": node.bmc["port"],
+            "verify_tls": True,
+            "ca_bundle": state.tls_ca,
+            "credentials": "bmc",
+        }
+    if "maas" in state.endpoints:
+        data["kiln_maas_server"] = {"url": state.endpoints["maas"], "verify_tls": True,
+                                    "ca_bundle": None, "credentials": "maas"}
+    if "ufm" in state.endpoints:
+        data["kiln_ufm_server"] = {"url": state.endpoints["ufm"], "verify_tls": True,
+                                   "ca_bundle": state.tls_ca, "credentials": "ufm"}
+    if state.secrets_file:
+        # The lab's own credentials file wins over group data's /etc/kiln/secrets.yaml.
+        data["kiln_secrets_file"] = state.secrets_file
+    return data
 
 
 def lab_groups(state: LabState) -> dict[str, list[tuple[str, dict[str, Any]]]]:

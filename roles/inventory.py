@@ -105,6 +105,31 @@ class Rack(Strict):
         return value
 
 
+class APIEndpoint(Strict):
+    """A cluster service kiln talks to over HTTP(S): MAAS, UFM."""
+
+    url: str
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    # Which credential entry to use (secrets file key / env var prefix).
+    credentials: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value if value.endswith("/") else value + "/"
+
+
+class MAASServer(APIEndpoint):
+    credentials: str = "maas"
+
+
+class UFMServer(APIEndpoint):
+    credentials: str = "ufm"
+
+
 class NodeDefaults(Strict):
     ssh_user: str = "ubuntu"
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
@@ -114,6 +139,9 @@ class NodeDefaults(Strict):
 class Cluster(Strict):
     cluster: str
     defaults: NodeDefaults = NodeDefaults()
+    # The region controller's API root, e.g. http://maas.example:5240/MAAS/
+    maas: MAASServer | None = None
+    ufm: UFMServer | None = None
     racks: list[Rack]
 
     def nodes(self) -> list[tuple[Rack, Node]]:
@@ -242,6 +270,10 @@ def host_data(cluster: Cluster, rack: Rack, node: Node) -> dict[str, Any]:
     }
     if cluster.defaults.ssh_key:
         data["ssh_key"] = cluster.defaults.ssh_key
+    if cluster.maas is not None:
+        data["kiln_maas_server"] = cluster.maas.model_dump()
+    if cluster.ufm is not None:
+        data["kiln_ufm_server"] = cluster.ufm.model_dump()
     return data
 
 
