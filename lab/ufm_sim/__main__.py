@@ -14,12 +14,19 @@ import sys
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import ADDRESS, PORT, cert_paths
 from .app import create_app
 
 SWEEP_SECONDS = 2.0
+
+
+class _PlainRequestLog(WSGIRequestHandler):
+    """One plain line per request in the service log (werkzeug's own adds ANSI colours)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s" %s %s', self.requestline, code, size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     context.load_cert_chain(args.cert or default_cert, args.key or default_key)
 
     app = create_app(args.lab, username, password)
-    server = make_server(args.address, args.port, app, threaded=True, ssl_context=context)
+    server = make_server(args.address, args.port, app, threaded=True, ssl_context=context,
+                         request_handler=_PlainRequestLog)
     stop = threading.Event()
     sweeper = threading.Thread(
         target=app.config["UFM_SIMULATOR"].sweep_forever, args=(SWEEP_SECONDS, stop),
