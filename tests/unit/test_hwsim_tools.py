@@ -168,9 +168,9 @@ def test_all_reduce_perf_one_rank_per_gpu_drives_every_gpu(tmp_path, monkeypatch
     nodes = _two_nodes(tmp_path, monkeypatch)
     opts = {"b": "1G", "e": "1G", "f": "2", "g": "1", "n": "20", "w": "5", "c": "1", "t": "1",
             "i": "0", "G": "0", "a": "1"}
-    status, lines = outcome(opts, _mpi_job(nodes, 8, 1), 0, reports=True)
-    parsed = parse_nccl_tests("\n".join(lines))
-    assert status == 0 and parsed["params"]["ngpus"] == 1
+    result = outcome(opts, _mpi_job(nodes, 8, 1), 0, reports=True)
+    parsed = parse_nccl_tests("\n".join(result.lines))
+    assert result.status == 0 and parsed["params"]["ngpus"] == 1
     smi = parse_nvidia_smi_csv(nodes["gpu-002"].run(
         "nvidia_smi", "--query-gpu=index,pci.bus_id", "--format=csv,noheader")[1],
         ["index", "pci.bus_id"])
@@ -181,9 +181,16 @@ def test_all_reduce_perf_one_rank_per_gpu_drives_every_gpu(tmp_path, monkeypatch
     assert len({r["pid"] for r in parsed["ranks"]}) == 8  # pids repeat across the two hosts
     busbw = parsed["rows"][-1]["out_of_place"]["busbw"]
     assert 0.97 * IB_RING_BUSBW <= busbw <= 1.01 * IB_RING_BUSBW
+    # Under mpirun each row comes out after the time the real tool measures it for:
+    # 5 warmup + 20 timed out-of-place iterations, 20 in-place.
+    row = parsed["rows"][-1]
+    measured = (25 * row["out_of_place"]["time_us"] + 20 * row["in_place"]["time_us"]) * 1e-6
+    pause = result.pauses[next(i for i, line in enumerate(result.lines)
+                               if line.lstrip().startswith(str(1 << 30)))]
+    assert pause == pytest.approx(measured, rel=1e-3)
     # The same job as one process per node driving 8 GPUs sees the same fabric.
-    status, lines = outcome({**opts, "g": "8"}, _mpi_job(nodes, 1, 8), 0, reports=True)
-    assert parse_nccl_tests("\n".join(lines))["rows"][-1]["out_of_place"]["busbw"] == busbw
+    result = outcome({**opts, "g": "8"}, _mpi_job(nodes, 1, 8), 0, reports=True)
+    assert parse_nccl_tests("\n".join(result.lines))["rows"][-1]["out_of_place"]["busbw"] == busbw
 
 
 @pytest.mark.parametrize("per_node,ngpus", [(8, 1), (1, 8)])
@@ -197,18 +204,18 @@ def test_all_reduce_perf_a_fault_on_any_gpu_of_any_participant(tmp_path, monkeyp
             "t": "1", "i": "0", "G": "0", "a": "1"}
     slow = _two_nodes(tmp_path / "slow", monkeypatch,
                       [{"kind": "nvlink-degraded", "gpu": 5, "factor": 0.5}])
-    status, lines = outcome(opts, _mpi_job(slow, per_node, ngpus), 0, reports=True)
-    busbw = parse_nccl_tests("\n".join(lines))["rows"][-1]["out_of_place"]["busbw"]
-    assert status == 0
+    result = outcome(opts, _mpi_job(slow, per_node, ngpus), 0, reports=True)
+    busbw = parse_nccl_tests("\n".join(result.lines))["rows"][-1]["out_of_place"]["busbw"]
+    assert result.status == 0
     assert 0.97 * IB_RING_BUSBW * 0.5 <= busbw <= 1.01 * IB_RING_BUSBW * 0.5
     wrong = _two_nodes(tmp_path / "wrong", monkeypatch, [{"kind": "gpu-wrong-results", "gpu": 5}])
     records = _mpi_job(wrong, per_node, ngpus)
-    status, lines = outcome(opts, records, 0, reports=True)
-    parsed = parse_nccl_tests("\n".join(lines))
-    assert status == 1 and parsed["rows"][-1]["out_of_place"]["wrong"] > 0
+    result = outcome(opts, records, 0, reports=True)
+    parsed = parse_nccl_tests("\n".join(result.lines))
+    assert result.status == 1 and parsed["rows"][-1]["out_of_place"]["wrong"] > 0
     assert parsed["out_of_bounds_ok"] is False
     others = [outcome(opts, records, me, reports=False) for me in range(1, len(records))]
-    assert all(other == (1, []) for other in others)
+    assert all(other.status == 1 and other.lines == [] for other in others)
 
 
 def test_all_reduce_perf_more_ranks_than_gpus_on_a_node(tmp_path, monkeypatch):
@@ -220,8 +227,8 @@ def test_all_reduce_perf_more_ranks_than_gpus_on_a_node(tmp_path, monkeypatch):
     opts = {"b": "8", "e": "8", "f": "2", "g": "1", "n": "20", "w": "5", "c": "1", "t": "1",
             "i": "0", "G": "0", "a": "1"}
     results = [outcome(opts, records, me, reports=me == 0) for me in range(len(records))]
-    assert {status for status, _ in results} == {1}
-    printed = [line for _, lines in results for line in lines]
+    assert {result.status for result in results} == {1}
+    printed = [line for result in results for line in result.lines]
     assert printed == [
         "gpu-001: Test CUDA failure common.cu:1028 'invalid device ordinal'",
         " .. gpu-001 pid 108: Test failure common.cu:882",
@@ -232,6 +239,8 @@ def test_all_reduce_perf_more_ranks_than_gpus_on_a_node(tmp_path, monkeypatch):
 
 class _Job:
     """An MPI transport for run(): the other processes' records, gathered by the test."""
+
+    launched = False  # in-process: no mpirun forwarding the output, so no pacing
 
     def __init__(self, rank: int, others: list[dict]) -> None:
         self.rank, self.others, self.barriers = rank, others, 0

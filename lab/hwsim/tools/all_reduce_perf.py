@@ -17,6 +17,8 @@ import hashlib
 import os
 import socket
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ DEFAULT_NCCL_VERSION = "2.26.5+cuda12.8"
 NVLS_BUSBW = 470.0  # 8×H100 on NVSwitch with NVLS, 8 GiB
 NVLINK_RING_BUSBW = 360.0  # fewer than 8 GPUs on one node: ring over NVLink
 IB_RING_BUSBW = 385.0  # 2+ nodes, ring over 8×400G NDR
+# NCCL's communicator setup between the rank lines and the first result (seconds on a
+# real cluster; shortened here).
+COMM_INIT_SECONDS = 0.2
 
 
 def parse_size(text: str) -> int:
@@ -131,15 +136,25 @@ class World:
         self._comm = MPI.COMM_WORLD
         self.rank = self._comm.Get_rank()
 
+    @property
+    def launched(self) -> bool:
+        """Whether this process is one of an MPI job's (its output goes through mpirun)."""
+        return self._comm is not None
+
     def allgather(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """Every process's record, in rank order (only ours without MPI)."""
         return self._comm.allgather(record) if self._comm is not None else [record]
 
     def barrier(self) -> None:
-        # Rank 0 prints the report and the others wait for it, so that a rank exiting
-        # non-zero cannot make mpirun abort the job before the report is out.
-        if self._comm is not None:
-            self._comm.Barrier()
+        """Wait for every rank. Rank 0 prints the report first, so that a rank exiting
+        non-zero cannot make mpirun abort the job before the report is out. Waiting ranks
+        sleep rather than spin in MPI's progress loop: 31 spinning ranks on a small machine
+        starve the daemon that forwards rank 0's output."""
+        if self._comm is None:
+            return
+        request = self._comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.005)
 
 
 def process_record(view: View, host: str, pid: int, ngpus: int) -> dict[str, Any]:
@@ -227,18 +242,20 @@ def _header(opts: dict[str, Any], records: list[dict[str, Any]],
 
 
 def _table(opts: dict[str, Any], ranks: list[dict[str, Any]],
-           nranks: int) -> tuple[list[str], int]:
-    """The result rows and closing lines, and how many wrong elements they count."""
+           nranks: int) -> tuple[list[str], list[float], int]:
+    """The result rows and closing lines, the seconds the real tool measures each row
+    for (warmup and timed iterations), and how many wrong elements the rows count."""
     peak, latency = _peak_busbw(ranks, nranks)
     factor = 2 * (nranks - 1) / nranks if nranks > 1 else 0.0
     wrong = any(r["health"]["wrong"] for r in ranks) and opts["c"] != "0"
+    warmup, iters = int(opts["w"]), int(opts["n"])
     busbws: list[float] = []
     wrong_total = 0
     key_base = ",".join(sorted({r["host"] for r in ranks}))
-    out = []
+    out, seconds = [], []
     for size in _sizes(opts):
         count = size // 4
-        cells = []
+        cells, times = [], []
         for place in ("out", "in"):
             jit = _jitter(f"{key_base}/{size}/{place}")
             if factor and peak > 0:
@@ -251,35 +268,53 @@ def _table(opts: dict[str, Any], ranks: list[dict[str, Any]],
             n_wrong = max(1, count // 4096) if wrong and count else 0
             wrong_total += n_wrong
             busbws.append(busbw)
+            times.append(time_us)
             check = str(n_wrong) if opts["c"] != "0" else "N/A"
             cells.append(f"  {_time_str(time_us)}  {algbw:6.2f}  {busbw:6.2f}  {check:>5}")
         out.append(f"{size:12d}  {count:12d}  {'float':>8}  {'sum':>6}  {-1:6d}" + "".join(cells))
+        seconds.append(((warmup + iters) * times[0] + iters * times[1]) * 1e-6)
     avg = sum(busbws) / len(busbws) if busbws else 0.0
     out.append(f"# Out of bounds values : {wrong_total} {'FAILED' if wrong_total else 'OK'}")
     out.append(f"# Avg bus bandwidth    : {avg:g}")
     out.append("#")
-    return out, wrong_total
+    return out, seconds + [0.0] * 3, wrong_total
+
+
+@dataclass
+class Outcome:
+    """What one process of a run does: its exit status (the same on every rank), the
+    lines it prints, and after each line how long the real tool works before the next."""
+
+    status: int
+    lines: list[str] = field(default_factory=list)
+    pauses: list[float] = field(default_factory=list)
 
 
 def outcome(opts: dict[str, Any], records: list[dict[str, Any]], me: int,
-            reports: bool) -> tuple[int, list[str]]:
-    """(exit status, lines to print) for process `me` of a run by `records`' processes.
-    Every process reaches the same status; the reporting one (rank 0) prints the report, a
-    process that cannot open its devices prints its own CUDA error."""
+            reports: bool) -> Outcome:
+    """Process `me`'s part in a run by `records`' processes: the reporting one (rank 0)
+    prints the report, a process that cannot open its devices prints its own CUDA error."""
     devices = assign_devices(records)
     if any(_setup_failure(r, d) for r, d in zip(records, devices, strict=True)):
-        return 1, _setup_failure(records[me], devices[me])
+        lines = _setup_failure(records[me], devices[me])
+        return Outcome(1, lines, [0.0] * len(lines))
     header = _header(opts, records, devices)
+    # After the rank lines the real tool sets up its NCCL communicators.
+    header_pauses = [COMM_INIT_SECONDS if line.startswith("NCCL version") else 0.0
+                     for line in header]
     flaky = _flaky_node(records)
     if flaky is not None:
         lines = header + [
             f"{flaky['host']}: Test NCCL failure common.cu:1279 'unhandled system error (run "
             "with NCCL_DEBUG=INFO for details) / '",
             f" .. {flaky['host']} pid {flaky['pid']}: Test failure common.cu:1100"]
-        return 1, lines if reports else []
+        return Outcome(1, lines, header_pauses + [0.0, 0.0]) if reports else Outcome(1)
     nranks = sum(len(d) for d in devices)
-    table, wrong_total = _table(opts, participants(records, devices), nranks)
-    return (1 if wrong_total else 0), (header + table if reports else [])
+    table, seconds, wrong_total = _table(opts, participants(records, devices), nranks)
+    status = 1 if wrong_total else 0
+    if not reports:
+        return Outcome(status)
+    return Outcome(status, header + table, header_pauses + seconds)
 
 
 def run(view: View, argv: list[str], world: World | None = None) -> int:
@@ -289,12 +324,18 @@ def run(view: View, argv: list[str], world: World | None = None) -> int:
     records = world.allgather(local)
     # Without MPI, a process of a larger job knows only itself.
     me = world.rank if len(records) > 1 else 0
-    status, lines = outcome(opts, records, me, reports=world.rank == 0)
-    if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
+    result = outcome(opts, records, me, reports=world.rank == 0)
+    # A line at a time, at the real tool's pace, when a launcher forwards the output:
+    # OpenMPI 4's --tag-output tags every chunk its daemon reads, so a burst of output
+    # read mid-line gets a tag inside a line. (Run directly, nothing re-chunks the output
+    # and the pace would only cost time.)
+    for line, pause in zip(result.lines, result.pauses, strict=True):
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        if world.launched and pause:
+            time.sleep(pause)
     world.barrier()
-    return status
+    return result.status
 
 
 def _main(argv: list[str]) -> int:
