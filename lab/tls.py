@@ -10,6 +10,7 @@ the lab turns verification off. Made with the openssl command line.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import tempfile
 from pathlib import Path
@@ -75,7 +76,8 @@ def issue_cert(lab: Path, name: str, ips: list[str]) -> tuple[Path, Path]:
         )
         ext.flush()
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-                 "-CAcreateserial", "-days", str(CERT_DAYS), "-sha256",
+                 # A random serial, not openssl's shared ca.srl: BMCs are issued in parallel.
+                 "-set_serial", f"0x{secrets.randbits(63):x}", "-days", str(CERT_DAYS), "-sha256",
                  "-extfile", ext.name, "-out", str(cert))
     csr.unlink(missing_ok=True)
     return cert, key
