@@ -306,7 +306,11 @@ def _nccl(cuda: str, upstream: str) -> list[Package]:
             section="libs",
             description=f"NVIDIA Collective Communication Library (NCCL) runtime, CUDA {cuda}"
             " (simulated)",
-            files=(("/usr/share/doc/libnccl2/simulated", f"NCCL {upstream}\n", 0o644),),
+            files=(
+                ("/usr/share/doc/libnccl2/simulated", f"NCCL {upstream}\n", 0o644),
+                # What the simulated all_reduce_perf prints as "NCCL version".
+                ("/usr/share/kiln-hwsim/nccl-version", f"{upstream}+cuda{cuda}\n", 0o644),
+            ),
             homepage="https://developer.nvidia.com/nccl",
         ),
         Package(

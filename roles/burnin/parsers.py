@@ -49,6 +49,9 @@ from roles.parsing import ParseError
 
 _MPIRUN_PREFIX = re.compile(r"^\[\d+,\d+\]<(stdout|stderr)>:\s?")
 _SRUN_PREFIX = re.compile(r"^\s*\d+:(?: |$)")
+# OpenMPI 4's --tag-output tags each chunk it forwards, not each line, so a burst of output
+# can carry a tag in the middle of a result row ("2048 512 float sum -1 [1,0]<stdout>: 35.88").
+_MPIRUN_TAG_INSIDE = re.compile(r"\s?\[\d+,\d+\]<(?:stdout|stderr)>:\s?")
 _RANK = re.compile(
     r"^#\s*Rank\s+(\d+)(?:\s+Group\s+(\d+))?\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)"
     r"\s+\[(0x[0-9a-fA-F]+)\]\s+(.*?)\s*$"
@@ -64,7 +67,7 @@ def strip_launcher_prefix(line: str) -> tuple[str, str | None]:
     """Remove an mpirun "[1,0]<stdout>:" or srun --label "0: " prefix; return (line, stream)."""
     match = _MPIRUN_PREFIX.match(line)
     if match:
-        return line[match.end():], match.group(1)
+        return _MPIRUN_TAG_INSIDE.sub(" ", line[match.end():]), match.group(1)
     match = _SRUN_PREFIX.match(line)
     if match:
         return line[match.end():], None

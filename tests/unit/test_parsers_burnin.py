@@ -63,6 +63,21 @@ def test_mpirun_prefixed(name):
 
 
 @pytest.mark.parametrize("name", [NEW, OLD])
+def test_mpirun_tag_inside_a_row(name):
+    """OpenMPI 4 tags forwarded chunks, so a tag can land in the middle of a result row."""
+    plain = parse_nccl_tests(read(name))
+    lines = read(name).splitlines()
+    rows = [i for i, line in enumerate(lines) if line.strip()[:1].isdigit()]
+    row = lines[rows[len(rows) // 2]].split()
+    middle = len(row) // 2
+    lines[rows[len(rows) // 2]] = (
+        " ".join(row[:middle]) + " [1,0]<stdout>: " + " ".join(row[middle:])
+    )
+    tagged = "".join(f"[1,0]<stdout>:{line}\n" for line in lines)
+    assert parse_nccl_tests(tagged) == plain
+
+
+@pytest.mark.parametrize("name", [NEW, OLD])
 def test_srun_label_prefixed(name):
     plain = parse_nccl_tests(read(name))
     prefixed = "".join(f"0: {line}\n" for line in read(name).splitlines())

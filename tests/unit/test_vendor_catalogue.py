@@ -196,3 +196,11 @@ def test_os_package_list_is_debian_names_without_vendor_overlap():
     assert len(set(catalogue.OS_PACKAGES)) == len(catalogue.OS_PACKAGES)
     assert not set(catalogue.OS_PACKAGES) & set(VERSIONS)
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name) for name in catalogue.OS_PACKAGES)
+
+
+def test_libnccl2_tells_the_simulated_tests_its_version():
+    for package in PACKAGES:
+        if package.name == "libnccl2":
+            files = dict((path, text) for path, text, _mode in package.files)
+            upstream = package.version.split("-")[0]
+            assert files["/usr/share/kiln-hwsim/nccl-version"].startswith(upstream + "+cuda")
