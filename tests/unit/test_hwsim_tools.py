@@ -364,3 +364,13 @@ def test_dmesg_is_a_kernel_log(node):
     assert parsed["xids"] == [] and parsed["sxids"] == []
     real = parse_kernel_log((FIXTURES / "dmesg" / "dmesg-with-xid-119.log").read_text())
     assert real["xids"]
+
+
+def test_nvidia_smi_list_gpus_names_each_gpu_with_its_uuid(node):
+    rc, out = node.run("nvidia_smi", "-L")
+    assert rc == 0
+    smi = parse_nvidia_smi_q(node.run("nvidia_smi", "-q")[1])
+    lines = out.splitlines()
+    assert len(lines) == len(smi["gpus"]) == 8
+    for i, (line, gpu) in enumerate(zip(lines, smi["gpus"], strict=True)):
+        assert line == f"GPU {i}: {gpu['product_name']} (UUID: {gpu['uuid']})"

@@ -537,6 +537,11 @@ def _select(view: View, ids: str | None) -> list[dict[str, Any]] | None:
     return chosen
 
 
+def list_gpus(gpus: list[dict[str, Any]]) -> str:
+    """`nvidia-smi -L`: one line per GPU, "GPU i: <name> (UUID: GPU-...)"."""
+    return "".join(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n" for g in gpus)
+
+
 def _main(argv: list[str]) -> int:
     args = list(argv)
     ids = None
@@ -575,6 +580,9 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write("Invalid combination of input arguments. Please run "
                          "'nvidia-smi nvlink -h' for help.\n")
         return 2
+    if rest[0] in ("-L", "--list-gpus"):
+        sys.stdout.write(list_gpus(gpus))
+        return 0
     if "-r" in rest or "--gpu-reset" in rest:
         for gpu in gpus:
             sys.stdout.write(f"GPU {gpu['pci_bus_id']} was successfully reset.\n")
