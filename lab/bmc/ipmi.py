@@ -1,0 +1,192 @@
+"""A lab node's IPMI BMC: OpenIPMI's real `ipmi_sim` on UDP 623 at the node's BMC address.
+
+Per node, in `<lab>/bmc/<node>/` (0700):
+- `lan.conf`: one LAN channel (RMCP and RMCP+, md5 for IPMI 1.5) at the BMC address and
+  `chassis_control`, the program that powers the node (lab/bmc/ipmi_chassis.py);
+- `bmc.emu`: ipmi_sim's commands making the BMC: one MC at 0x20 whose firmware revision is
+  the node's BMC version, and a System Event Log;
+- `ipmi-state/`: ipmi_sim's persistent state (users, SEL), new at every start.
+
+The BMC user (user 2, admin) is written into ipmi_sim's persistent user store,
+`ipmi-state/ipmi_sim/<node>/users.mc20` (0600), which ipmi_sim reads at start (`man
+ipmi_sim`, PERSISTENCE): its configuration file would cut a password to 19 characters, and
+IPMI's Set User Password to 16, while IPMI 2.0 passwords (the lab's) are up to 20 bytes.
+
+Clients: `ipmitool -I lanplus -H <address> -U <user> -P <password> chassis power status`.
+ipmitool first asks for the cipher suites in an RMCP+ message that ipmi_sim 2.0.33 ignores;
+it falls back to suite 3 after its retries (about 10 s). `-C 3` skips the question.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from lab import services
+from lab.bmc import firmware
+
+MC_ADDRESS = "0x20"
+USER_ID = 2
+# The user store's fields: IPMI 2.0's 16-byte user name and 20-byte password.
+USERNAME_BYTES = 16
+PASSWORD_BYTES = 20
+ADMIN = 4
+AUTH_MD5 = 1 << 2  # IPMI 1.5 authentication types the user may use (RMCP+ needs none)
+
+
+class IpmiError(RuntimeError):
+    pass
+
+
+def bmc_dir(lab: Path, node: str) -> Path:
+    return Path(lab) / "bmc" / node
+
+
+def chassis_command(lab: Path, node: str) -> str:
+    """The chassis_control program line (ipmi_sim runs it with /bin/sh, appending words)."""
+    argv = [sys.executable, "-m", "lab.bmc.ipmi_chassis", "--lab", str(lab), "--node", node]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def firmware_revision(version: str) -> tuple[str, str]:
+    """IPMI Get Device ID firmware revision (major, minor as BCD) of a "1.08.00" version."""
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise IpmiError(f"BMC version {version!r} is not MAJOR.MINOR[.x]") from None
+    return f"0x{major & 0x7F:x}", f"0x{minor // 10 % 10:x}{minor % 10:x}"
+
+
+def check_credentials(username: str, password: str) -> None:
+    """IpmiError when IPMI cannot carry the user name or password."""
+    for what, value, limit in (("user name", username, USERNAME_BYTES),
+                               ("password", password, PASSWORD_BYTES)):
+        if not value or len(value.encode()) > limit:
+            raise IpmiError(f"the lab BMC {what} must be 1 to {limit} bytes for IPMI")
+        if not value.isascii() or not value.isprintable():
+            raise IpmiError(f"the lab BMC {what} must be printable ASCII for IPMI")
+
+
+def _persist_bytes(value: str, size: int) -> str:
+    """A fixed-size field in ipmi_sim's persist format (letters and digits as is, the rest
+    as \\XX, upper-case hex: what its reader decodes)."""
+    raw = value.encode().ljust(size, b"\0")
+    return "".join(chr(b) if chr(b).isalnum() else f"\\{b:02X}" for b in raw)
+
+
+def write_user_store(state: Path, node: str, username: str, password: str) -> Path:
+    """ipmi_sim's persistent users of the BMC at 0x20: user 2 = the lab's BMC user, admin."""
+    check_credentials(username, password)
+    path = state / "ipmi_sim" / node / f"users.mc{int(MC_ADDRESS, 16):02x}"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fields = {
+        "valid": "i:1",
+        "username": "d:" + _persist_bytes(username, USERNAME_BYTES),
+        "passwd": "d:" + _persist_bytes(password, PASSWORD_BYTES),
+        "privilege": f"i:{ADMIN}",
+        "max_sessions": "i:10",
+        "allowed_auths": f"i:{AUTH_MD5}",
+        "link_auth": "i:0",
+        "cb_only": "i:0",
+    }
+    _write_private(path, "".join(f"{USER_ID}.{name}:{value}\n" for name, value in fields.items()))
+    return path
+
+
+def write_config(lab: Path, node: str, address: str, port: int,
+                 chassis: str | None = None) -> tuple[Path, Path]:
+    """lan.conf and bmc.emu for the node's ipmi_sim (users: `write_user_store`).
+
+    `chassis` is the chassis-control program line (default: lab.bmc.ipmi_chassis)."""
+    directory = bmc_dir(lab, node)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    guid = _guid(lab, node)
+    lan = "\n".join([
+        f"# ipmi_sim LAN configuration of the lab BMC of {node} (lab/bmc/ipmi.py)",
+        f'name "{node}"',
+        f"set_working_mc {MC_ADDRESS}",
+        "  startlan 1",
+        f"    addr {address} {port}",
+        "    priv_limit admin",
+        "    allowed_auths_callback md5",
+        "    allowed_auths_user md5",
+        "    allowed_auths_operator md5",
+        "    allowed_auths_admin md5",
+        f"    guid {guid}",
+        "  endlan",
+        f'  chassis_control "{chassis or chassis_command(lab, node)}"',
+        "",
+    ])
+    major, minor = firmware_revision(firmware.running_versions(lab, node)["bmc"])
+    emu = "\n".join([
+        f"# ipmi_sim commands making the lab BMC of {node} (lab/bmc/ipmi.py)",
+        f"mc_setbmc {MC_ADDRESS}",
+        # mc_add addr device-id sdrs device-rev fw-major fw-minor support manufacturer product
+        f"mc_add {MC_ADDRESS} 0 no-device-sdrs 0x01 {major} {minor} 0x9f 0x1291 0xf02",
+        f"sel_enable {MC_ADDRESS} 1000 0x0a",
+        f"mc_enable {MC_ADDRESS}",
+        "",
+    ])
+    lan_conf, emu_file = directory / "lan.conf", directory / "bmc.emu"
+    lan_conf.write_text(lan)
+    emu_file.write_text(emu)
+    return lan_conf, emu_file
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _guid(lab: Path, node: str) -> str:
+    """The channel GUID (RMCP+ needs one): the node's, from its hardware profile's serial."""
+    profile = json.loads(firmware.profile_path(lab, node).read_text())
+    serial = profile["system"]["serial"]
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"kiln-lab-ipmi:{node}:{serial}").hex
+
+
+def udp_bound(address: str, port: int) -> bool:
+    """Whether some process has a UDP socket bound to address:port (from /proc/net/udp)."""
+    wanted = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except FileNotFoundError:
+        return False
+    return any(line.split()[1] == wanted for line in lines if len(line.split()) > 1)
+
+
+def service_name(node: str) -> str:
+    return f"bmc-{node}"
+
+
+def start(lab: Path, node: str, address: str, port: int, username: str, password: str,
+          timeout: float = 20.0) -> int:
+    """Start the node's ipmi_sim (once it listens); returns its pid."""
+    lan_conf, emu = write_config(lab, node, address, port)
+    state = bmc_dir(lab, node) / "ipmi-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(mode=0o700)
+    write_user_store(state, node, username, password)
+    boot_flag = bmc_dir(lab, node) / "ipmi-boot-device"
+    boot_flag.unlink(missing_ok=True)
+    pid = services.start(lab, service_name(node),
+                         ["ipmi_sim", "-c", str(lan_conf), "-f", str(emu), "-s", str(state), "-n"],
+                         env={"KILN_LAB_DIR": str(lab)})
+    deadline = time.monotonic() + timeout
+    while not udp_bound(address, port):
+        if not services.running(lab, service_name(node)) or time.monotonic() > deadline:
+            services.stop(lab, service_name(node))
+            raise IpmiError(f"ipmi_sim of {node} is not listening on {address} UDP {port}; "
+                            f"see {services.services_dir(lab) / (service_name(node) + '.log')}")
+        time.sleep(0.1)
+    return pid
