@@ -93,8 +93,11 @@ def cloud_config(ssh_authorized_keys: Sequence[str], mirror: AptMirror | None = 
     if mirror is not None:
         sources = {}
         for source in mirror.sources:
-            label = source.uri.rstrip("/").rsplit("/", 1)[-1]
-            sources[f"{mirror.name}-{label}.list"] = {
+            label = re.sub(r"[^A-Za-z0-9_.-]", "-", source.uri.rstrip("/").rsplit("/", 1)[-1])
+            name = f"{mirror.name}-{label}"
+            if f"{name}.list" in sources:  # two sources under the same last path segment
+                name += f"-{len(sources) + 1}"
+            sources[f"{name}.list"] = {
                 "source": f"deb [signed-by=$KEY_FILE] {source.uri} {source.suite} "
                           + " ".join(source.components),
                 "key": mirror.key.strip() + "\n",

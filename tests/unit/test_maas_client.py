@@ -22,6 +22,7 @@ from oauthlib.oauth1.rfc5849 import utils as oauth_utils
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from roles.errors import KilnError
 from roles.maas import (
     ImageMismatch,
     MAASAuthError,
@@ -469,6 +470,11 @@ def test_connection_refused_is_retried_then_reported():
     assert len(slept) == FAST.attempts - 1
 
 
+def test_the_client_does_not_show_its_key(client):
+    for text in (repr(client), str(client), repr(vars(client))):
+        assert TOKEN_SECRET not in text
+
+
 def test_bad_api_key_shape_is_refused_without_printing_it(maas):
     with pytest.raises(MAASError, match="not consumer_key:token_key:token_secret") as caught:
         MAASClient(maas.url, "just-a-password", key_source="KILN_MAAS_API_KEY")
@@ -647,6 +653,14 @@ def test_user_data_is_cloud_config_with_kiln_key_and_the_mirror():
     assert all(s["key"].strip() == PGP_KEY for s in sources.values())
 
 
+def test_user_data_keeps_sources_with_the_same_last_segment_apart():
+    mirror = AptMirror((AptSource("http://a/ubuntu", "jammy"), AptSource("http://b/ubuntu",
+                                                                          "jammy")), PGP_KEY)
+    sources = yaml.safe_load(cloud_config([SSH_KEY], mirror))["apt"]["sources"]
+    assert [s["source"].split()[2] for s in sources.values()] == ["http://a/ubuntu",
+                                                                "http://b/ubuntu"]
+
+
 def test_user_data_without_a_mirror_still_carries_the_key():
     document = yaml.safe_load(cloud_config([SSH_KEY]))
     assert document == {"ssh_authorized_keys": [SSH_KEY]}
@@ -663,7 +677,7 @@ def test_user_data_without_a_mirror_still_carries_the_key():
     ],
 )
 def test_user_data_refuses_bad_input(keys, mirror, error):
-    with pytest.raises(MAASError.__mro__[1], match=error):
+    with pytest.raises(KilnError, match=error):
         cloud_config(keys, mirror)
 
 
