@@ -246,7 +246,10 @@ def _target_components(targets: Any) -> set[str]:
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise error.BadRequest("SimpleUpdate: Targets must be a list of resource URIs")
     system = _system_id()
-    known = {f"/redfish/v1/Systems/{system}": "bios", f"/redfish/v1/Managers/{system}": "bmc"}
+    known = {}
+    for identity in (system, _app().systems.name(system)):  # UUID, or the node name alias
+        known[f"/redfish/v1/Systems/{identity}"] = "bios"
+        known[f"/redfish/v1/Managers/{identity}"] = "bmc"
     known.update({f"{INVENTORY_PATH}/{item}": c for c, item in firmware.INVENTORY_IDS.items()})
     wanted = set()
     for target in targets:

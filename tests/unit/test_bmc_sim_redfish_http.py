@@ -212,7 +212,7 @@ def test_simple_update_stages_the_bios_and_the_next_reset_runs_it(client, blobs,
     reboot_node(bmc["lab"])
     assert inventory.get_member(f"{inventory.path}/BIOS").version == OLD_BIOS
     task = run_update(client, f"{blobs}/{blob_file_name('bios', FIRMWARE['bios'])}",
-                      targets=[f"{inventory.path}/BIOS"])
+                      targets=[f"/redfish/v1/Systems/{NODE}"])
     assert task.task_state == task_cons.TaskState.COMPLETED
     reboot_node(bmc["lab"])
     assert inventory.get_member(f"{inventory.path}/BIOS").version == FIRMWARE["bios"]
