@@ -526,3 +526,103 @@ def parse_nvlink(text: str) -> list[dict[str, Any]]:
     if not gpus:
         raise ParseError("line 1: no 'GPU N: NAME (UUID: …)' line; not nvidia-smi nvlink output")
     return gpus
+
+
+# --- which driver runs: kernel module and NVML -------------------------------------------------
+
+# "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.148.08  Release Build …"
+# "NVRM: loading NVIDIA UNIX x86_64 Kernel Module  535.161.08  Tue Feb 27 …"
+_MODULE_LINE = re.compile(r"NVIDIA UNIX .*?Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)\b")
+_DRIVER_VERSION = re.compile(r"^\d+\.\d+(?:\.\d+)?$")
+_SECTIONS = ("sysfs", "proc", "kernel-log", "nvidia-smi")
+
+
+def _driver_sections(text: str) -> tuple[dict[str, list[str]], str | None]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    exit_status = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("== exit "):
+            exit_status = line[len("== exit "):].strip()
+            current = None
+            continue
+        if line.startswith("== "):
+            name = line[3:].strip()
+            if name not in _SECTIONS:
+                raise ParseError(f"line {number}: unknown section {name!r}")
+            current = sections.setdefault(name, [])
+            continue
+        if current is None:
+            if line.strip():
+                raise ParseError(f"line {number}: {line!r} outside a '== section' block")
+            continue
+        if line.strip():
+            current.append(line.strip())
+    missing = [name for name in _SECTIONS if name not in sections]
+    if missing:
+        raise ParseError(f"line 1: sections missing: {', '.join(missing)} "
+                         "(not the NvidiaDriverState command's output)")
+    return sections, exit_status
+
+
+def parse_nvidia_smi_driver(lines: list[str], exit_status: str | None) -> dict[str, Any]:
+    """What `nvidia-smi --query-gpu=driver_version --format=csv,noheader` said.
+
+    status: "ok" (versions per GPU), "mismatch" (the module loaded is not the installed
+    library: after a driver change, before the reboot), "no-driver" (no module answers),
+    "no-devices", "missing" (no nvidia-smi), "error" (anything else; message says what).
+    """
+    result: dict[str, Any] = {"status": "error", "versions": [], "library_version": None,
+                              "message": None, "exit": None}
+    if exit_status == "missing":
+        result.update(status="missing", message="nvidia-smi is not installed")
+        return result
+    if exit_status is not None:
+        try:
+            result["exit"] = int(exit_status)
+        except ValueError:
+            raise ParseError(f"nvidia-smi exit status {exit_status!r} is not a number") from None
+    text = "\n".join(lines)
+    if "Driver/library version mismatch" in text:
+        result.update(status="mismatch", message=lines[0])
+        for line in lines:
+            if line.startswith("NVML library version:"):
+                result["library_version"] = line.split(":", 1)[1].strip()
+    elif "couldn't communicate with the NVIDIA driver" in text:
+        result.update(status="no-driver", message=lines[0])
+    elif "No devices were found" in text:
+        result.update(status="no-devices", message=lines[0])
+    elif lines and result["exit"] == 0 and all(_DRIVER_VERSION.match(line) for line in lines):
+        result.update(status="ok", versions=list(lines))
+    else:
+        result["message"] = lines[0] if lines else f"no output (exit {result['exit']})"
+    return result
+
+
+def parse_driver_state(text: str) -> dict[str, Any]:
+    """The NVIDIA driver's state on a node (roles.nvidia.facts.NvidiaDriverState's output).
+
+    Returns {"module": {"loaded", "version", "source"}, "nvidia_smi": parse_nvidia_smi_driver,
+             "running_version"}:
+    - the module: /sys/module/nvidia/version, else /proc/driver/nvidia/version; without
+      either, what NVML says: "ok" means loaded at the version it reports, "mismatch" means
+      a module is loaded and this boot's kernel log line names its version; "no-driver"
+      means none is loaded (an old log line then describes a module since unloaded).
+    - running_version: the loaded module's version, None when none is loaded or unknown.
+    """
+    sections, exit_status = _driver_sections(text)
+    smi = parse_nvidia_smi_driver(sections["nvidia-smi"], exit_status)
+    module: dict[str, Any] = {"loaded": False, "version": None, "source": None}
+    sysfs = [line for line in sections["sysfs"] if _DRIVER_VERSION.match(line)]
+    proc = [m.group(1) for m in map(_MODULE_LINE.search, sections["proc"]) if m]
+    log = [m.group(1) for m in map(_MODULE_LINE.search, sections["kernel-log"]) if m]
+    if sysfs:
+        module.update(loaded=True, version=sysfs[0], source="sysfs")
+    elif proc:
+        module.update(loaded=True, version=proc[0], source="proc")
+    elif smi["status"] == "ok" and len(set(smi["versions"])) == 1:
+        module.update(loaded=True, version=smi["versions"][0], source="nvidia-smi")
+    elif smi["status"] in ("mismatch", "no-devices"):
+        module.update(loaded=True, version=log[-1] if log else None,
+                      source="kernel-log" if log else None)
+    return {"module": module, "nvidia_smi": smi, "running_version": module["version"]}
