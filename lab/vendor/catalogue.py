@@ -611,7 +611,7 @@ def vendor_packages() -> list[Package]:
 # Firmware images served beside the packages (lab/firmware_blobs.py makes the bytes).
 FIRMWARE_VERSIONS: dict[str, tuple[str, ...]] = {
     "bios": ("1.5.0", "1.6.2"),
-    "bmc": ("1.07.00", "1.08.00"),
+    "bmc": ("1.06.00", "1.08.00"),
     "connectx7": ("28.39.1002", "28.43.1014"),
 }
 

@@ -204,3 +204,12 @@ def test_libnccl2_tells_the_simulated_tests_its_version():
             files = dict((path, text) for path, text, _mode in package.files)
             upstream = package.version.split("-")[0]
             assert files["/usr/share/kiln-hwsim/nccl-version"].startswith(upstream + "+cuda")
+
+
+def test_the_vendor_site_serves_every_release_the_simulated_hardware_starts_at():
+    """An "old" node must be able to fetch its current and its golden image."""
+    from lab.hwsim.profile import FIRMWARE, KNOWN_FIRMWARE, OLD_FIRMWARE
+
+    for component, versions in catalogue.FIRMWARE_VERSIONS.items():
+        assert {FIRMWARE[component], OLD_FIRMWARE[component]} <= set(versions)
+        assert set(versions) <= set(KNOWN_FIRMWARE[component])
