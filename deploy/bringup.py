@@ -11,9 +11,14 @@ from pyinfra import host
 
 from roles.mirror import mirror
 from roles.pipeline import configure_and_gate
-from roles.provision import provision
+from roles.provision import provision, will_be_imaged
 
 provision()
-if "service" in host.groups:
-    mirror()
-configure_and_gate()
+if will_be_imaged(host):
+    # Change preview only (no -y): a node with no OS yet has no facts to plan from; its
+    # later stages are planned and run after it is imaged, in the run that images it.
+    pass
+else:
+    if "service" in host.groups:
+        mirror()
+    configure_and_gate()

@@ -6,8 +6,12 @@ Drain from the pool, release with erase, commission, deploy, then every later br
 stage. Only the nodes named by --limit are touched.
 """
 
+from pyinfra import host
+
 from roles.pipeline import configure_and_gate
-from roles.provision import reprovision
+from roles.provision import reprovision, will_be_imaged
 
 reprovision()
-configure_and_gate()
+if not will_be_imaged(host):
+    # In a change preview the node's OS is about to be wiped: nothing to plan from.
+    configure_and_gate()

@@ -39,7 +39,9 @@ S = NodeState
 # Every allowed move. Quarantine is reachable from every working state: a failure anywhere
 # takes the node out with a reason. Reprovisioning restarts the cycle from any settled state.
 TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    S.ENROLLED: frozenset({S.COMMISSIONING, S.QUARANTINED}),
+    # A machine MAAS already commissioned or deployed before kiln first saw it is adopted
+    # where it stands (the reason says "found ... in MAAS").
+    S.ENROLLED: frozenset({S.COMMISSIONING, S.READY, S.DEPLOYING, S.DEPLOYED, S.QUARANTINED}),
     S.COMMISSIONING: frozenset({S.READY, S.QUARANTINED}),
     S.READY: frozenset({S.DEPLOYING, S.COMMISSIONING, S.QUARANTINED}),
     S.DEPLOYING: frozenset({S.DEPLOYED, S.QUARANTINED}),
@@ -47,7 +49,10 @@ TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     S.CONFIGURED: frozenset({S.BURNING_IN, S.QUARANTINED, S.REPROVISIONING}),
     S.BURNING_IN: frozenset({S.POOLED, S.QUARANTINED}),
     S.POOLED: frozenset({S.CONFIGURED, S.QUARANTINED, S.REPROVISIONING}),
-    S.QUARANTINED: frozenset({S.REPROVISIONING, S.COMMISSIONING, S.CONFIGURED}),
+    # Out of quarantine only through work that proves the node again: a new commissioning,
+    # a release for a new deploy (MAAS's way back from Failed deployment), a reprovision,
+    # or the configure stage of a node that was only quarantined by a later check.
+    S.QUARANTINED: frozenset({S.REPROVISIONING, S.COMMISSIONING, S.READY, S.CONFIGURED}),
     S.REPROVISIONING: frozenset({S.COMMISSIONING, S.QUARANTINED}),
 }
 

@@ -3,15 +3,20 @@
 A node kiln is bringing up has no OS at the start of the run, so this connector does not
 open SSH when pyinfra connects: API operations (MAAS, Redfish, IPMI) run on the controller
 as FunctionCommands and need no connection to the node. SSH is opened on first use, by the
-first operation or fact that runs a command on the node; by then the provisioning stage has
-deployed it. Everything about the SSH session itself is pyinfra's own SSH connector.
+first operation or fact that runs a command on the node, and only once MAAS reports the
+machine Deployed (when the inventory names a MAAS server): before that there is no OS to
+log in to, and whatever answers on the address is not the node kiln means. Everything about
+the SSH session itself is pyinfra's own SSH connector.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
+
+from roles.errors import KilnError
 
 
 class MetalConnector(SSHConnector):
@@ -30,7 +35,26 @@ class MetalConnector(SSHConnector):
 
     def _ensure_ssh(self) -> None:
         if self.client is None:
+            self._require_deployed()
             super().connect()
+
+    def _require_deployed(self) -> None:
+        data = self.host.data
+        if not data.get("kiln_maas_server"):
+            return  # no MAAS in this inventory: the node is installed some other way
+        from roles.maas.machine import Status
+        from roles.maas.settings import client_for_host, identity_for_host
+
+        node = data.get("kiln_node") or self.host.name
+        try:
+            machine = client_for_host(data).find(identity_for_host(data))
+        except (KilnError, OSError) as exc:
+            raise ConnectError(f"{node}: cannot tell whether it is deployed: {exc}") from None
+        if machine.status != Status.DEPLOYED:
+            raise ConnectError(
+                f"{node}: MAAS reports {machine.describe_status()}; kiln opens SSH only "
+                "once MAAS reports it Deployed"
+            )
 
     def run_shell_command(self, *args: Any, **kwargs: Any) -> Any:
         self._ensure_ssh()

@@ -1,0 +1,11 @@
+"""Bring-up stage 1 alone: every node known to MAAS, commissioned and deployed.
+
+    pyinfra -y inventory/prod.py deploy/provision.py [--limit NODE]
+
+What deploy/bringup.py does first, for when imaging is all you want (a new rack before its
+fabric is cabled, say). A node already deployed with its SKU's image is left alone.
+"""
+
+from roles.provision import provision
+
+provision()
