@@ -23,7 +23,7 @@ entry `mirror` (KILN_MIRROR_USERNAME / KILN_MIRROR_PASSWORD, or the secrets file
 from __future__ import annotations
 
 import io
-from functools import cache
+import threading
 from pathlib import Path
 
 from pyinfra import host, inventory, logger
@@ -70,17 +70,25 @@ def _settings() -> MirrorSettings | None:
         return None
 
 
-@cache
+# pyinfra prepares hosts concurrently (gevent); the key and the apt resolution are made once.
+_CONTROLLER_WORK = threading.Lock()
+_KEYS: dict[str, tuple[str, str]] = {}
+
+
 def mirror_key(state: str) -> tuple[str, str]:
     """(fingerprint, armored public key) of the cluster's mirror key, made the first time
     kiln needs it; the private half stays in `state`."""
-    key = MirrorKey(Path(state))
-    with key.session():
-        fingerprint, made = key.ensure()
-        public = key.public_armor(fingerprint)
-    if made:
-        logger.info(f"mirror: made the cluster's mirror signing key {fingerprint} in {state}")
-    return fingerprint, public
+    with _CONTROLLER_WORK:
+        if state not in _KEYS:
+            key = MirrorKey(Path(state))
+            with key.session():
+                fingerprint, made = key.ensure()
+                public = key.public_armor(fingerprint)
+            if made:
+                logger.info(f"mirror: made the cluster's mirror signing key {fingerprint} "
+                            f"in {state}")
+            _KEYS[state] = (fingerprint, public)
+        return _KEYS[state]
 
 
 def mirror_address(settings: MirrorSettings) -> str | None:
@@ -150,7 +158,7 @@ def mirror_server() -> None:
               src=io.StringIO(nginx_site(root, settings.http_port, settings.https_port)),
               dest=SITE)
     files.link(name="Enable the mirror site", path=SITE_ENABLED, target=SITE)
-    files.file(name="Disable nginx's default site (it wants port 80 too)",
+    files.link(name="Disable nginx's default site (it wants port 80 too)",
                path="/etc/nginx/sites-enabled/default", present=False)
     operations.nginx_serving(name="nginx serving the mirror",
                              config=[SITE, SITE_ENABLED, TLS_CERT, TLS_KEY], stamp=NGINX_STAMP)
@@ -168,7 +176,8 @@ def fill_plan(settings: MirrorSettings) -> FillPlan:
         state = Path(settings.state).expanduser()
         base_status = Path(settings.base_status).expanduser() if settings.base_status else None
         resolver = AptResolver(state / "apt", settings.arch, settings.apt_upstream, base_status)
-        debs = resolve_closure(resolver, sku_pins, settings.os_packages)
+        with _CONTROLLER_WORK:
+            debs = resolve_closure(resolver, sku_pins, settings.os_packages)
     _, public = mirror_key(settings.state)
     return build_plan(settings, manifests, debs, public)
 
@@ -218,7 +227,11 @@ def mirror_clients() -> None:
                           message="no mirror: no service node in the inventory and host data "
                                   "kiln_mirror_host is not set")
         return
-    _, public = mirror_key(settings.state)
+    try:
+        _, public = mirror_key(settings.state)
+    except KilnError as exc:
+        operations.refuse(name="Mirror signing key", message=f"mirror: {exc}")
+        return
     files.put(name="Mirror signing key (apt)", src=io.StringIO(public), dest=KEYRING)
     files.put(name="apt source: the mirror",
                         src=io.StringIO(apt_sources(settings.http_url(address), settings.suite)),

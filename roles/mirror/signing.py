@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,9 @@ from roles.errors import KilnError
 
 KEY_UID = "kiln mirror signing key <mirror@kiln.invalid>"
 PUBLIC_KEY = "mirror-key.asc"
+# One gpg session at a time: they share the home's agent socket (pyinfra prepares hosts
+# concurrently; with its gevent patching this lock is a cooperative one).
+_SESSION = threading.RLock()
 
 
 class SigningError(KilnError):
@@ -38,18 +42,19 @@ class MirrorKey:
     def session(self) -> Iterator[MirrorKey]:
         """gpg-agent keeps its socket in the home, and a socket path must fit in 107 bytes:
         gpg is given a short symlink to the home; the agent is stopped on the way out."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.home.chmod(0o700)
-        link_dir = Path(tempfile.mkdtemp(prefix="kiln-mirror-gpg-"))
-        self._link = link_dir / "h"
-        self._link.symlink_to(self.home.resolve())
-        try:
-            yield self
-        finally:
-            subprocess.run(["gpgconf", "--homedir", str(self._link), "--kill", "gpg-agent"],
-                           capture_output=True)
-            shutil.rmtree(link_dir, ignore_errors=True)
-            self._link = None
+        with _SESSION:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.home.chmod(0o700)
+            link_dir = Path(tempfile.mkdtemp(prefix="kiln-mirror-gpg-"))
+            self._link = link_dir / "h"
+            self._link.symlink_to(self.home.resolve())
+            try:
+                yield self
+            finally:
+                subprocess.run(["gpgconf", "--homedir", str(self._link), "--kill", "gpg-agent"],
+                               capture_output=True)
+                shutil.rmtree(link_dir, ignore_errors=True)
+                self._link = None
 
     def _gpg(self, *args: str, stdin: bytes | None = None, check: bool = True) -> bytes:
         home = str(self._link or self.home)
