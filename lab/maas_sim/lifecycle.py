@@ -558,8 +558,9 @@ class Lifecycle:
 
     def _powering_on(self, machine: Machine, op: _Operation, before: NodeStatus,
                      resume: bool) -> None:
-        # Outside a deployment MAAS's answer to a PXE boot is "boot local": no override.
-        self._power_on(machine, op, pxe=False, revert_to=None)
+        # MAAS boots its machines from the network always; with nothing on offer for this
+        # machine its PXE answer is "boot local", so a deployed machine boots its disk.
+        self._power_on(machine, op, pxe=True, revert_to=None)
 
     def power_off(self, system_id: str, params: dict[str, str]) -> Machine:
         with self.store.reading():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -29,6 +30,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 API_PREFIX = "/MAAS/api/2.0"
+_DETAIL = 600  # characters of openapi-core's explanation kept in a message
 SPEC = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "specs" / (
     "maas-api-2.0-openapi.yaml")
 
@@ -99,15 +101,20 @@ def _with_form_encodings(document: dict[str, Any]) -> dict[str, Any]:
 
 
 @cache
-def _openapi(spec_path: str) -> Any:
+def _document(spec_path: str) -> dict[str, Any]:
     import yaml
-    from openapi_core import Config, OpenAPI
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(spec_path) as stream:
-        document = yaml.load(stream, Loader=loader)
+        return _with_form_encodings(yaml.load(stream, Loader=loader))
+
+
+@cache
+def _openapi(spec_path: str) -> Any:
+    from openapi_core import Config, OpenAPI
+
     config = Config(extra_media_type_deserializers={"multipart/form-data": _form_fields})
-    return OpenAPI.from_dict(_with_form_encodings(document), config=config)
+    return OpenAPI.from_dict(_document(spec_path), config=config)
 
 
 class _OpenAPIRequest:
@@ -134,7 +141,7 @@ class _OpenAPIRequest:
         headers = Headers()
         if recorded.content_type:
             headers["Content-Type"] = recorded.content_type
-        self.parameters = RequestParameters(query=ImmutableMultiDict(query), headers=headers)
+        self.parameters = RequestParameters(query=ImmutableMultiDict(query), header=headers)
 
     @property
     def full_url_pattern(self) -> str:
@@ -149,8 +156,8 @@ def check_request(recorded: RecordedRequest, spec: Path = SPEC) -> None:
     except SpecViolation:
         raise
     except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise SpecViolation(f"{recorded.describe()}: {type(exc).__name__}: {exc} ({cause})"
+        cause = str(exc.__cause__ or exc)
+        raise SpecViolation(f"{recorded.describe()}: {type(exc).__name__}: {cause[:_DETAIL]}"
                             ) from None
 
 
@@ -163,3 +170,37 @@ def check_requests(requests: list[RecordedRequest], spec: Path = SPEC) -> list[s
         except SpecViolation as exc:
             problems.append(str(exc))
     return problems
+
+
+class _OpenAPIResponse:
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        from werkzeug.datastructures import Headers
+
+        self.status_code = status
+        self.content_type = content_type
+        self.data = body
+        self.headers = Headers({"Content-Type": content_type})
+
+
+def documented_statuses(recorded: RecordedRequest, spec: Path = SPEC) -> set[str]:
+    """The response codes MAAS's document lists for the request's operation."""
+    request = _OpenAPIRequest(recorded)
+    for template, item in _document(str(spec))["paths"].items():
+        pattern = re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.path) and request.method in item:
+            return {str(code) for code in item[request.method].get("responses", {})}
+    return set()
+
+
+def check_response(recorded: RecordedRequest, status: int, content_type: str, body: bytes,
+                   spec: Path = SPEC) -> None:
+    """Raise SpecViolation when the document lists `status` for the operation and the
+    response does not match it (its content type and schema)."""
+    api = _openapi(str(spec))
+    try:
+        api.validate_response(_OpenAPIRequest(recorded),
+                              _OpenAPIResponse(status, content_type, body))
+    except Exception as exc:
+        cause = str(exc.__cause__ or exc)
+        raise SpecViolation(f"{recorded.describe()} -> {status}: {type(exc).__name__}: "
+                            f"{cause[:_DETAIL]}") from None

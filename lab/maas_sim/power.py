@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import requests
 import sushy
 from sushy import auth as sushy_auth
 from sushy import exceptions as sushy_exceptions
 
 COMMAND_TIMEOUT = 30  # seconds for one BMC command
+# What talking to a Redfish BMC can raise besides sushy's own errors: requests' (TLS, a bad
+# CA bundle path) and the OS's.
+_REDFISH_ERRORS = (sushy_exceptions.SushyError, requests.RequestException, OSError)
 
 
 class PowerError(Exception):
@@ -75,7 +79,7 @@ class RedfishPower:
                 raise PowerError(f"{self.where}: its Systems collection is empty")
             # MAAS's redfish driver takes the first member when no node_id is configured.
             return root.get_system(sorted(members)[0])
-        except sushy_exceptions.SushyError as exc:
+        except _REDFISH_ERRORS as exc:
             raise PowerError(f"{self.where}: {exc}") from None
 
     def power_state(self) -> str:
@@ -88,17 +92,18 @@ class RedfishPower:
         raise PowerError(f"{self.where}: unknown PowerState {state!r}")
 
     def power_on(self, pxe: bool) -> None:
+        # MAAS's redfish driver: a running system is forced off first, then the one-time
+        # PXE override, then On.
         system = self._system()
         try:
+            if system.power_state != sushy.PowerState.OFF:
+                system.reset_system(sushy.ResetType.FORCE_OFF)
             if pxe:
                 system.set_system_boot_options(
                     sushy.BootSource.PXE, enabled=sushy.BootSourceOverrideEnabled.ONCE
                 )
-            if system.power_state == sushy.PowerState.ON:
-                system.reset_system(sushy.ResetType.FORCE_RESTART)
-            else:
-                system.reset_system(sushy.ResetType.ON)
-        except sushy_exceptions.SushyError as exc:
+            system.reset_system(sushy.ResetType.ON)
+        except _REDFISH_ERRORS as exc:
             raise PowerError(f"{self.where}: {exc}") from None
 
     def power_off(self) -> None:
@@ -106,7 +111,7 @@ class RedfishPower:
         try:
             if system.power_state != sushy.PowerState.OFF:
                 system.reset_system(sushy.ResetType.FORCE_OFF)
-        except sushy_exceptions.SushyError as exc:
+        except _REDFISH_ERRORS as exc:
             raise PowerError(f"{self.where}: {exc}") from None
 
 
@@ -118,8 +123,13 @@ class IpmiPower:
         self._credentials = credentials
 
     def _ipmitool(self, *command: str) -> str:
-        argv = ["ipmitool", "-I", "lanplus", "-H", self._address, "-p", str(self._port),
-                "-U", self._credentials.username, "-E", *command]
+        # -C 3: MAAS's IPMI driver's default cipher suite (power_parameters cipher_suite_id).
+        # -N/-R: a 1 s answer timeout, 3 retries: a BMC that does not answer is reported in
+        # seconds (ipmitool's defaults take 20 s), one on a busy network still gets through.
+        # -L OPERATOR: the privilege MAAS's IPMI driver asks for by default.
+        argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-L", "OPERATOR", "-H", self._address,
+                "-p", str(self._port), "-U", self._credentials.username, "-E",
+                "-N", "1", "-R", "3", *command]
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
@@ -149,6 +159,7 @@ class IpmiPower:
         raise PowerError(f"{self.where}: unexpected answer to chassis power status: {answer!r}")
 
     def power_on(self, pxe: bool) -> None:
+        # MAAS's IPMI driver: boot flags, then "cycle, or on if off".
         if pxe:
             self._ipmitool("chassis", "bootdev", "pxe")
         if self.power_state() == "on":

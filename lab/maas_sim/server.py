@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from lab import netboot as lab_netboot
 from lab.credentials import read_lab_secrets, secrets_path
@@ -14,9 +14,9 @@ from lab.maas_sim.api import Simulator, create_app
 from lab.maas_sim.auth import ApiKey, OAuthChecker
 from lab.maas_sim.lifecycle import Image, Lifecycle, Netboot, Timing
 from lab.maas_sim.machines import Machine
-from lab.maas_sim.power import PowerDriver, bmc_credentials, driver_for
+from lab.maas_sim.power import PowerDriver, PowerError, bmc_credentials, driver_for
 from lab.maas_sim.store import Store, maas_dir, store_path
-from lab.state import load_state
+from lab.state import StateError, load_state
 
 Log = Callable[[str], None]
 
@@ -26,8 +26,11 @@ def lab_power(lab: Path) -> Callable[[Machine], PowerDriver]:
     renews them."""
 
     def make(machine: Machine) -> PowerDriver:
-        credentials = bmc_credentials(read_lab_secrets(lab), str(secrets_path(lab)))
-        ca_bundle = load_state(lab).tls_ca
+        try:
+            credentials = bmc_credentials(read_lab_secrets(lab), str(secrets_path(lab)))
+            ca_bundle = load_state(lab).tls_ca
+        except (OSError, ValueError, StateError) as exc:
+            raise PowerError(f"{machine.hostname}: no power credentials: {exc}") from None
         return driver_for(machine.power_type, machine.power_address, machine.power_port,
                           credentials, ca_bundle)
 
@@ -58,9 +61,17 @@ def build_simulator(
     return Simulator(lifecycle, OAuthChecker(api_key(lab)), requests_log)
 
 
+class _PlainRequestLine(WSGIRequestHandler):
+    """The request line and status, uncoloured: the service log is a file, not a terminal."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s" %s %s', self.requestline, code, size)
+
+
 def serve(simulator: Simulator, host: str, port: int, ready: threading.Event | None = None,
           ) -> None:
-    server = make_server(host, port, create_app(simulator), threaded=True)
+    server = make_server(host, port, create_app(simulator), threaded=True,
+                         request_handler=_PlainRequestLine)
     simulator.lifecycle.resume()
     if ready is not None:
         ready.set()
