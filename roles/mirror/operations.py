@@ -94,8 +94,7 @@ def fetch_files(root: str, items: list[FetchItem]):  # noqa: ANN201
 
 
 @operation()
-def exact_files(root: str, files: dict[str, bytes], mode: str | None = None,
-                owner: str | None = None):  # noqa: ANN201
+def exact_files(root: str, files: dict[str, bytes], mode: str | None = None):  # noqa: ANN201
     """Files under `root` with exactly these bytes; uploads only those that differ.
 
     No diff is printed (some are secrets or binary); the preview names the files.
@@ -111,8 +110,6 @@ def exact_files(root: str, files: dict[str, bytes], mode: str | None = None,
     for path, data in sorted(stale.items()):
         dest = posixpath.join(root, path)
         yield _upload(data, dest)
-        if owner:
-            yield StringCommand("chown", owner, QuoteString(dest))
         if mode:
             yield StringCommand("chmod", mode, QuoteString(dest))
 

@@ -24,7 +24,6 @@ Every key is `kiln_mirror_<field>`; a bad value is reported as `host data kiln_m
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -121,9 +120,6 @@ class MirrorSettings(Strict):
     def https_url(self, host: str) -> str:
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return f"https://{host}{port}/"
-
-    def controller_path(self, value: str) -> Path:
-        return Path(value).expanduser()
 
 
 def data_key(field: str) -> str:
