@@ -124,30 +124,30 @@ def with_companions(
     named = {pin.name for pin_set in sets for pin in pin_set.pins}
     missing = [pin for pin_set in sets for pin in pin_set.pins
                if pin.version not in index.get(pin.name, {})]
-    result = []
-    for pin_set in sets:
-        pins = list(pin_set.pins)
-        frontier = [pin for pin in pins if pin not in missing]
-        for _ in range(max_depth):
-            if not frontier:
-                break
-            known({alt for pin in frontier
-                   for relation in index[pin.name][pin.version]["depends"] for alt in relation})
-            found = []
-            for pin in frontier:
-                for relation in index[pin.name][pin.version]["depends"]:
-                    if len(relation) != 1:
-                        continue  # an alternative is a choice, not part of the release
-                    name = relation[0]
-                    if name in named or pin.version not in index.get(name, {}):
-                        continue
-                    companion = Pin(name, pin.version, f"same-version dependency of {pin.name}",
-                                    pin.hold)
-                    named.add(name)
-                    found.append(companion)
-            pins += found
-            frontier = found
-        result.append(pin_set.with_pins(pins))
+    pins = [list(pin_set.pins) for pin_set in sets]
+    # Breadth first over every set at once: one lookup per dependency level.
+    frontier = [(i, pin) for i, pin_set in enumerate(sets) for pin in pin_set.pins
+                if pin not in missing]
+    for _ in range(max_depth):
+        if not frontier:
+            break
+        known({name for _, pin in frontier
+               for relation in index[pin.name][pin.version]["depends"] for name in relation})
+        found = []
+        for i, pin in frontier:
+            for relation in index[pin.name][pin.version]["depends"]:
+                if len(relation) != 1:
+                    continue  # an alternative is a choice, not part of the release
+                name = relation[0]
+                if name in named or pin.version not in index.get(name, {}):
+                    continue
+                named.add(name)
+                found.append((i, Pin(name, pin.version, f"same-version dependency of {pin.name}",
+                                     pin.hold)))
+        for i, companion in found:
+            pins[i].append(companion)
+        frontier = found
+    result = [pin_set.with_pins(set_pins) for pin_set, set_pins in zip(sets, pins, strict=True)]
     return Resolution(tuple(result), tuple(missing))
 
 
