@@ -34,7 +34,7 @@ from lab.state import (
     remove_state,
     save_state,
 )
-from lab.tls import ensure_ca
+from lab.tls import ensure_ca, issue_cert
 
 UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl"]
 LAB_MANIFEST = Path(__file__).resolve().parents[1] / "firmware" / "lab.yaml"
@@ -114,6 +114,10 @@ def up(
             tls_ca=str(ensure_ca(lab)),
         )
         started = time.monotonic()
+        for node in nodes:
+            if node.role == "service":
+                # The local file mirror's HTTPS certificate (roles/mirror), once per lab.
+                issue_cert(lab, f"mirror-{node.name}", [node.address])
         netns.ensure_bridge()
         netns.add_bmc_addresses([n.bmc["address"] for n in nodes])
         public_key = key.with_suffix(".pub").read_text()

@@ -6,6 +6,7 @@ kiln's format (roles/secrets.py), `<lab>/secrets.yaml`:
     bmc: {username: ..., password: ...}          # every lab BMC (Redfish and IPMI)
     maas: {api_key: consumer_key:token_key:token_secret}
     ufm: {username: ..., password: ...}
+    mirror: {username: ..., password: ...}        # uploads to the local file mirror
 
 The simulators read the same file to check what clients send. Nothing else in the lab
 (state.json, logs, `kiln lab status`) holds a credential.
@@ -36,6 +37,8 @@ def new_lab_secrets() -> dict[str, dict[str, str]]:
         "bmc": {"username": f"kiln{_token(6).lower()}", "password": _token(20)},
         "maas": {"api_key": api_key},
         "ufm": {"username": "admin", "password": _token(20)},
+        # Uploads to the local file mirror (roles/mirror: PUT/DELETE over TLS).
+        "mirror": {"username": "kiln-upload", "password": _token(24)},
     }
 
 

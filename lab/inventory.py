@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lab.state import LabState, NodeState, StateError, lab_dir, load_state
+from lab.state import VENDOR_REPO_URL, LabState, NodeState, StateError, lab_dir, load_state
 
 LAB_SKU = "lab"
 LAB_RACK = "lab"
@@ -51,6 +51,32 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
     if state.secrets_file:
         # The lab's own credentials file wins over group data's /etc/kiln/secrets.yaml.
         data["kiln_secrets_file"] = state.secrets_file
+    data.update(lab_mirror_data(state, node))
+    lab = state.lab_dir
+    # The ledger and the pool of this lab, beside it (not the checkout's state/).
+    data["kiln_ledger"] = f"{lab}/kiln.db"
+    data["kiln_pool_file"] = f"{lab}/pool.yaml"
+    return data
+
+
+def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
+    """Where the local file mirror (roles/mirror) fills from in the lab: the vendor site."""
+    lab = state.lab_dir
+    key = f"{lab}/vendor/keys/lab-archive.asc"
+    data: dict[str, Any] = {
+        "kiln_mirror_apt_upstream": [
+            {"uri": f"{VENDOR_REPO_URL}apt", "suite": "kilnlab", "key": key},
+            {"uri": f"{VENDOR_REPO_URL}os", "suite": "bookworm", "key": key},
+        ],
+        "kiln_mirror_firmware_upstream": f"{VENDOR_REPO_URL}firmware/",
+        "kiln_mirror_base_status": f"{lab}/base/var/lib/dpkg/status",
+        "kiln_mirror_state": f"{lab}/mirror-state",
+    }
+    if state.tls_ca:
+        data["kiln_mirror_ca"] = state.tls_ca
+    if node.role == "service":
+        data["kiln_mirror_tls_cert"] = f"{lab}/tls/mirror-{node.name}.pem"
+        data["kiln_mirror_tls_key"] = f"{lab}/tls/mirror-{node.name}.key"
     return data
 
 

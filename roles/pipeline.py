@@ -9,11 +9,14 @@ from roles.gate import gate
 from roles.health import health
 from roles.infiniband import infiniband
 from roles.kraken import kraken
+from roles.mirror import mirror_clients
 from roles.nvidia import nvidia
 
 
 def configure_and_gate() -> None:
     """Pin the stack, check the node, and gate it into the pool (GPU nodes only)."""
+    # Every node installs from the cluster's mirror (a reprovisioned one too).
+    mirror_clients()
     base()
     if "gpu" in host.groups:
         nvidia()

@@ -80,6 +80,11 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
     assert [name for name, _ in groups["service"]] == ["@metal/svc-001"]
     assert len(groups["rack_lab"]) == 3
     data = dict(groups["service"])["@metal/svc-001"]
+    mirror = {key: data.pop(key) for key in list(data) if key.startswith("kiln_mirror_")}
+    assert mirror["kiln_mirror_tls_cert"] == str(tmp_path / "tls/mirror-svc-001.pem")
+    assert mirror["kiln_mirror_firmware_upstream"] == "http://10.231.0.1:8081/firmware/"
+    assert data.pop("kiln_ledger") == str(tmp_path / "kiln.db")
+    assert data.pop("kiln_pool_file") == str(tmp_path / "pool.yaml")
     assert data == {
         "ssh_hostname": "10.231.0.13",
         "ssh_user": "root",
@@ -103,6 +108,7 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
     }
     gpu = dict(groups["gpu"])["@metal/gpu-001"]
     assert gpu["kiln_bmc"]["protocol"] == "redfish" and gpu["kiln_bmc"]["port"] == 443
+    assert "kiln_mirror_tls_cert" not in gpu  # only the service node serves the mirror
 
 
 def test_lab_inventory_without_a_lab_is_a_clear_error(tmp_path):
