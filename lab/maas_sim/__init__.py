@@ -54,6 +54,8 @@ def start(lab: Path, state: LabState, log: Callable[[str], None] = print, *,
           deployed: bool = False) -> str:
     """Enlist the lab's nodes and serve the MAAS API; return a one-line summary."""
     lab = Path(lab)
+    if services.running(lab, SERVICE):  # its machines are in use: keep them
+        return f"MAAS simulator: {state.endpoints.get('maas', URL)} (already running)"
     store = write_fresh_store(lab, state, deployed)
     argv = [sys.executable, "-m", "lab.maas_sim", "--lab", str(lab),
             "--listen", HOST, "--port", str(PORT)]
