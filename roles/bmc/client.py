@@ -170,7 +170,7 @@ class PowerControl:
             if seen == wanted:
                 return
             if time.monotonic() >= deadline:
-                raise BMCTimeout(f"{self.label}: power state is still {seen!r} {wait:.0f} s "
+                raise BMCTimeout(f"{self.label}: power state is still {seen!r} {wait:g} s "
                                  f"after asking for {wanted!r}")
             self.retry.sleep(self.poll_interval)
 
@@ -255,6 +255,21 @@ def resolve_target(bmc: Any, node: str | None = None) -> BMCTarget:
     )
 
 
+def retry_from_data(settings: Any, target: BMCTarget) -> RetryPolicy | None:
+    """Group data's `kiln_bmc_retry: {attempts, first_delay, factor, max_delay}`, if set."""
+    if settings is None:
+        return None
+    fields = ("attempts", "first_delay", "factor", "max_delay")
+    where = f"node {target.node}: kiln_bmc_retry" if target.node else "kiln_bmc_retry"
+    if not isinstance(settings, Mapping) or set(settings) - set(fields):
+        raise BMCError(f"{where}: expected a mapping of {', '.join(fields)}, got {settings!r}")
+    try:
+        return RetryPolicy(**{key: type(getattr(RetryPolicy, key))(value)
+                              for key, value in settings.items()})
+    except (TypeError, ValueError) as exc:
+        raise BMCError(f"{where}: {exc}") from None
+
+
 def credentials_for(target: BMCTarget, *, secrets_file: str | Path | None,
                     env: Mapping[str, str] | None, env_prefix: str) -> dict[str, Secret]:
     try:
@@ -276,8 +291,9 @@ def connect(
 ) -> BMCClient:
     """The client for a node's BMC, by the protocol the inventory names.
 
-    `bmc` is pyinfra host data (its `kiln_bmc`, `kiln_node`, `kiln_secrets_file` and
-    `kiln_secrets_env_prefix` are used), a roles.inventory.BMC, or a mapping of its fields.
+    `bmc` is pyinfra host data (its `kiln_bmc`, `kiln_node`, `kiln_secrets_file`,
+    `kiln_secrets_env_prefix` and `kiln_bmc_retry` are used), a roles.inventory.BMC, or a
+    mapping of its fields.
     Nothing is sent to the BMC until the first call.
     """
     if not isinstance(bmc, BMC) and _get(bmc, "address") is None:
@@ -285,6 +301,8 @@ def connect(
         secrets_file = secrets_file or _get(bmc, "kiln_secrets_file")
         env_prefix = env_prefix or _get(bmc, "kiln_secrets_env_prefix")
     target = resolve_target(bmc, node)
+    if retry is None and not isinstance(bmc, BMC):
+        retry = retry_from_data(_get(bmc, "kiln_bmc_retry"), target)
     secret = credentials_for(target, secrets_file=secrets_file, env=env,
                              env_prefix=env_prefix or "KILN_")
     retry = retry or RetryPolicy()

@@ -32,8 +32,15 @@ def bmc_for(host: Any, retry: RetryPolicy | None = None) -> BMCClient:
     if hasattr(host, "log_styled"):
         def warn(message: str) -> None:
             host.log_styled(message, fg="yellow", log_func=logger.warning)
-    return connect(data, node=getattr(host, "name", None) if data is not host else None,
-                   retry=retry, warn=warn)
+    node = None
+    if data is not host and not _has(data, "kiln_node"):
+        node = getattr(host, "name", None)
+    return connect(data, node=node, retry=retry, warn=warn)
+
+
+def _has(data: Any, key: str) -> bool:
+    getter = getattr(data, "get", None)
+    return callable(getter) and getter(key) is not None
 
 
 def power_state(host: Any, retry: RetryPolicy | None = None) -> str:

@@ -72,6 +72,7 @@ BOOT_TARGETS = {"pxe": sys_cons.BootSource.PXE, "disk": sys_cons.BootSource.HDD}
 BOOT_NAMES = {sys_cons.BootSource.PXE: "pxe", sys_cons.BootSource.HDD: "disk"}
 FAILED_TASK_STATES = {task_cons.TaskState.EXCEPTION, task_cons.TaskState.KILLED,
                       task_cons.TaskState.CANCELLED, task_cons.TaskState.INTERRUPTED}
+ENDED_TASK_STATES = FAILED_TASK_STATES | {task_cons.TaskState.COMPLETED}
 # 502/503/504: the server (or a proxy in front) says it did not act on the request.
 NOT_APPLIED_STATUSES = {502, 503, 504}
 MAX_LOG_PAGES = 100
@@ -165,6 +166,20 @@ def _never_sent(error: BaseException | None) -> bool:
     return False
 
 
+def _connection_failure(error: BaseException | None) -> str:
+    """A short account of a failed connection: the OS's reason, not urllib3's layers."""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        return "no answer within the read timeout"
+    reason = error.args[0] if error is not None and error.args else error
+    reason = getattr(reason, "reason", reason)
+    text = str(reason) if reason is not None else "connection failed"
+    # "HTTPSConnection(host=..., port=...): Failed to establish a new connection: [Errno 111]
+    # Connection refused" -> "[Errno 111] Connection refused"
+    return text.rsplit(": ", 1)[-1] if "Failed to establish" in text else text
+
+
 class RedfishBMC(PowerControl):
     """A BMC reached with sushy; one System behind it (the node)."""
 
@@ -221,8 +236,8 @@ class RedfishBMC(PowerControl):
                 where = self.verify if isinstance(self.verify, str) else "the system's CAs"
                 return BMCTLSError(f"{self.label}: TLS verification failed ({where}) on "
                                    f"{what}: {self._scrub(str(cause))}")
-            reason = type(cause).__name__ if cause else "connection error"
-            return TransientBMCError(f"{reason}: {text}", certainly_not_applied=_never_sent(cause))
+            return TransientBMCError(f"{_connection_failure(cause)} ({what})",
+                                     certainly_not_applied=_never_sent(cause))
         if isinstance(exc, sushy_exc.InvalidParameterValueError | sushy_exc.MissingActionError):
             return BMCUnsupported(f"{self.label}: {what}: {text}")
         if isinstance(exc, sushy_exc.ResourceNotFoundError):
@@ -366,12 +381,14 @@ class RedfishBMC(PowerControl):
                 task_uri = monitor.task.json.get("@odata.id") or task_uri
             if not monitor.is_processing:
                 break
+            if monitor.task is not None and monitor.task.task_state in ENDED_TASK_STATES:
+                break  # a monitor answering 202 with a task that has ended: done
             if time.monotonic() >= deadline:
                 percent = monitor.task.percent_complete if monitor.task is not None else None
                 done = f", {percent}% done" if percent is not None else ""
                 raise BMCTimeout(f"{self.label}: {what}: the task "
                                  f"{task_uri or monitor.task_monitor_uri} is still running "
-                                 f"after {timeout:.0f} s{done}")
+                                 f"after {timeout:g} s{done}")
             self.retry.sleep(self._retry_after(monitor))
             self._call(f"poll the {what} task", monitor.refresh)
         task = self._call(f"read the {what} task",
