@@ -19,6 +19,7 @@ host, its host data and its manifest.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,13 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node({self.name})"
+
+    def read(self, command: str) -> str:
+        """The output of a read-only command, run once per node and session."""
+        cache = self.__dict__.setdefault("_outputs", {})
+        if command not in cache:
+            cache[command] = self.host.check_output(command)
+        return cache[command]
 
     @property
     def has_gpus(self) -> bool:
@@ -148,11 +156,15 @@ def _testinfra_host(name: str, data: dict[str, Any], config: pytest.Config) -> A
         extra.append(f"-o UserKnownHostsFile={data['ssh_known_hosts_file']}")
     if data.get("ssh_strict_host_key_checking"):
         extra.append(f"-o StrictHostKeyChecking={data['ssh_strict_host_key_checking']}")
+    # One multiplexed SSH connection per node for the whole run (ssh's ControlMaster).
+    sockets = Path(tempfile.gettempdir()) / "kiln-testinfra"
+    sockets.mkdir(mode=0o700, exist_ok=True)
     return testinfra.get_host(
         f"ssh://{user}@{address}:{port}",
         ssh_identity_file=data.get("ssh_key"),
         ssh_extra_args=" ".join(extra),
-        controlpersist=0,
+        controlpersist=30,
+        controlpath=str(sockets / f"{user}-{address}-{port}"),
         sudo=user != "root",
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 
 def _mirror(node) -> dict:
     mirror = node.data.get("kiln_apt_mirror")
@@ -45,7 +47,28 @@ def test_unattended_upgrades_off(node):
     assert 'APT::Periodic::Update-Package-Lists "0";' in periodic
 
 
+def test_memlock_configured_for_logins_and_services(node):
+    expected = node.data.get("kiln_memlock") or "unlimited"
+    limits = node.host.file("/etc/security/limits.d/90-kiln-rdma.conf").content_string
+    for who in ("*", "root"):
+        for kind in ("soft", "hard"):
+            assert re.search(rf"^{re.escape(who)}\s+{kind}\s+memlock\s+{expected}$", limits,
+                             re.MULTILINE), (who, kind)
+    systemd = node.host.file("/etc/systemd/system.conf.d/90-kiln-rdma.conf").content_string
+    assert "DefaultLimitMEMLOCK=" + ("infinity" if expected == "unlimited" else
+                                     str(int(expected) * 1024)) in systemd
+
+
+CAP_SYS_RESOURCE = 24
+
+
 def test_memlock_unlimited_for_a_login(node):
+    """A new SSH login gets the limit (pam_limits), where root may raise limits at all."""
+    status = node.host.file("/proc/self/status").content_string
+    bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
+    if not bounding >> CAP_SYS_RESOURCE & 1:
+        pytest.skip(f"{node.name}: root lacks CAP_SYS_RESOURCE here (a container, or a lab on "
+                    "a host without it), so no login can have its memlock limit raised")
     expected = node.data.get("kiln_memlock") or "unlimited"
     assert node.host.check_output("ulimit -l") == expected
     assert node.host.check_output("ulimit -H -l") == expected

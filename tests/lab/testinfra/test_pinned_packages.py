@@ -8,28 +8,34 @@ import re
 import pytest
 
 
-def _installed(node, names: list[str]) -> dict[str, str]:
-    out = node.host.run(
-        "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' " + " ".join(names))
+def _installed(node) -> dict[str, str]:
+    listed = node.read("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'")
     versions = {}
-    for line in out.stdout.splitlines():
+    for line in listed.splitlines():
         name, version, status = (line.split(" ", 2) + [""])[:3]
-        if status.strip()[1:2] == "i":
+        if status[1:2] == "i":
             versions[name] = version
     return versions
+
+
+def _policy(node, name: str) -> str:
+    """`apt-cache policy` of the package (one call for every pinned name of the node)."""
+    names = sorted({pin[0] for pin in node.pins.values()})
+    text = node.read("apt-cache policy " + " ".join(names))
+    sections = re.split(r"^(?=\S+:$)", text, flags=re.MULTILINE)
+    return next((section for section in sections if section.startswith(f"{name}:\n")), "")
 
 
 def test_installed_at_the_pinned_version(node_pin):
     node, field = node_pin
     name, version, _ = node.pins[field]
-    assert _installed(node, [name]).get(name) == version, (
-        f"{node.name}: {field} pins {name}={version}")
+    assert _installed(node).get(name) == version, f"{node.name}: {field} pins {name}={version}"
 
 
 def test_held(node_pin):
     node, field = node_pin
     name, _, hold = node.pins[field]
-    held = set(node.host.check_output("apt-mark showhold").split())
+    held = set(node.read("apt-mark showhold").split())
     assert (name in held) == hold, f"{node.name}: {field}: {name} held={name in held}"
 
 
@@ -38,7 +44,7 @@ def test_apt_candidate_is_the_pinned_version(node_pin):
     is the pinned version (the preferences pin wins over newer releases)."""
     node, field = node_pin
     name, version, _ = node.pins[field]
-    policy = node.host.check_output(f"apt-cache policy {name}")
+    policy = _policy(node, name)
     candidate = re.search(r"^\s*Candidate:\s*(\S+)", policy, re.MULTILINE)
     assert candidate and candidate.group(1) == version, policy
     assert re.search(rf"^\s*\*\*\*\s+{re.escape(version)}\s+1001$", policy, re.MULTILINE), policy
@@ -49,8 +55,7 @@ def test_no_other_driver_branch_is_installed(node):
     """Only the pinned branch's driver packages: a branch change removed the old ones."""
     driver, version, _ = node.pins["packages.nvidia-driver"]
     branch = version.split(".", 1)[0]
-    listed = node.host.check_output("dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n'")
-    branches = {m.group(1) for line in listed.splitlines() if line.split()[1][1:2] == "i"
+    branches = {m.group(1) for name in _installed(node)
                 for m in [re.fullmatch(r"(?:lib)?nvidia-[a-z0-9-]*?-(\d{3})(?:-server)?(?:-open)?",
-                                       line.split()[0])] if m}
+                                       name)] if m}
     assert branches == {branch}, f"{node.name}: driver branches installed: {sorted(branches)}"

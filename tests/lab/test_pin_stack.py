@@ -1,0 +1,221 @@
+"""Pin the stack on two lab GPU nodes with the real roles, then read the result back on the
+nodes with the testinfra suite (tests/lab/testinfra), never from kiln's own output.
+
+    pyinfra -y inventory/lab.py tests/lab/pin_stack_deploy.py --limit gpu-006,gpu-007
+
+In the lab the NVIDIA kernel module changes only when a node boots. Until roles/bmc gives
+the NVIDIA role its power cycle, a run that installs or changes the driver fails the node
+saying it needs a reboot; the test then power-cycles it the way its BMC would
+(lab.cluster.power_cycle) and runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab import cluster
+from lab.inventory import lab_host_data
+
+pytestmark = pytest.mark.lab
+
+NODES = ("gpu-006", "gpu-007")
+DEPLOY = "tests/lab/pin_stack_deploy.py"
+MANIFEST = "firmware/lab.yaml"
+NEEDS_REBOOT = "the BMC power cycle of roles/bmc is not available yet"
+# Lab nodes share their host's kernel: only settings that live in a network namespace.
+LAB_SYSCTL = {
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.ipv4.conf.all.arp_announce": "2",
+    "net.ipv4.tcp_rmem": "4096 87380 134217728",
+    "net.ipv4.tcp_wmem": "4096 65536 134217728",
+}
+DCGM = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda12")
+BRANCH_550 = "550.144.03-1kilnlab1"
+PACKAGE_TESTS = "tests/lab/testinfra/test_pinned_packages.py"
+
+
+def lab_data(state) -> dict:
+    """Host data the roles need that the lab inventory does not carry (yet): the vendor
+    repository as the mirror, the lab gateway as NTP server, a clock chrony must not set."""
+    repo = state.endpoints["vendor_repo"]
+    wanted = {
+        "kiln_apt_mirror": {
+            "sources": [{"uri": f"{repo}apt", "suite": "kilnlab", "components": ["main"]},
+                        {"uri": f"{repo}os", "suite": "bookworm", "components": ["main"]}],
+            "key": f"{repo}keys/lab-archive.asc",
+        },
+        "kiln_ntp_servers": [state.network["gateway"]],
+        "kiln_time_sync_sets_clock": False,
+        "kiln_sysctl": LAB_SYSCTL,
+    }
+    inventory = lab_host_data(state, state.node(NODES[0]))
+    return {key: value for key, value in wanted.items() if key not in inventory}
+
+
+def data_args(option: str, data: dict) -> list[str]:
+    args = []
+    for key, value in data.items():
+        args += [option, f"{key}={json.dumps(value)}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def stack(lab, labtools, tmp_path_factory):
+    class Stack:
+        data = lab_data(lab)
+        work = tmp_path_factory.mktemp("pin-stack")
+
+        def deploy(self, firmware_dir: Path | None = None) -> subprocess.CompletedProcess:
+            extra = dict(self.data)
+            if firmware_dir is not None:
+                extra["kiln_firmware_dir"] = str(firmware_dir)
+            limits = [arg for node in NODES for arg in ("--limit", node)]
+            result = subprocess.run(
+                [str(labtools.bin / "pyinfra"), "-y", "inventory/lab.py", DEPLOY, *limits,
+                 *data_args("--data", extra)],
+                cwd=labtools.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                timeout=600,
+            )
+            # pyinfra exits 0 when --limit matches nothing: make sure both nodes ran.
+            for node in NODES:
+                assert f"[{node}] " in result.stdout, result.stdout
+            return result
+
+        def converge(self, firmware_dir: Path | None = None):
+            """A run; when it stopped because the driver needs a boot, the BMC's power cycle
+            (done here until roles/bmc does it) and a second run. Returns both results."""
+            first = self.deploy(firmware_dir)
+            if first.returncode == 0:
+                return first, None
+            for node in NODES:
+                assert f"[{node}] " in first.stdout and NEEDS_REBOOT in first.stdout, (
+                    f"{node} failed for another reason:\n{first.stdout}")
+                cluster.power_cycle(node, wait=True)
+            return first, self.deploy(firmware_dir)
+
+        def suite(self, firmware_dir: Path | None = None,
+                  tests: str = "tests/lab/testinfra") -> subprocess.CompletedProcess:
+            args = ["--kiln-inventory", "inventory/lab.py", "--kiln-limit", ",".join(NODES),
+                    *data_args("--kiln-data", self.data)]
+            if firmware_dir is not None:
+                args += ["--kiln-firmware-dir", str(firmware_dir)]
+            return subprocess.run(
+                [str(labtools.bin / "pytest"), tests, "-q", "-p", "no:cacheprovider", *args],
+                cwd=labtools.root, capture_output=True, text=True, timeout=600,
+            )
+
+        def packages(self, node: str) -> dict[str, str]:
+            out = labtools.ssh(lab, node, "dpkg-query -W -f '${Package} ${Version} "
+                                          "${db:Status-Abbrev}\\n'")
+            return {line.split()[0]: line.split()[1] for line in out.splitlines()
+                    if line.split()[2][1:2] == "i"}
+
+        def holds(self, node: str) -> set[str]:
+            return set(labtools.ssh(lab, node, "apt-mark showhold").split())
+
+        def manifest_copy(self, name: str, change: dict) -> Path:
+            directory = self.work / name
+            directory.mkdir()
+            document = yaml.safe_load((labtools.root / MANIFEST).read_text())
+            document["packages"].update(change)
+            (directory / "lab.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+            return directory
+
+    yield Stack()
+    for node in NODES:
+        cluster.reset_node(node, wait=True)
+
+
+def passed(result: subprocess.CompletedProcess) -> int:
+    match = re.search(r"(\d+) passed", result.stdout)
+    return int(match.group(1)) if match else 0
+
+
+def totals(result: subprocess.CompletedProcess) -> list[str]:
+    """The Grand total row of pyinfra's results: hosts, success, error, no change."""
+    match = re.search(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", result.stdout)
+    assert match, result.stdout
+    return list(match.groups())
+
+
+def test_first_run_pins_the_stack_and_the_driver_runs_after_a_boot(stack):
+    first, second = stack.converge()
+    if second is not None:
+        # A fresh node has no NVIDIA module until it boots with the driver installed.
+        assert first.stdout.count("running: no module loaded") == len(NODES), first.stdout
+        assert second.returncode == 0, second.stdout
+    suite = stack.suite()
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert passed(suite) >= 40 * len(NODES)
+    for node in NODES:
+        assert "nvidia-driver-570-server-open" in stack.holds(node)
+
+
+def test_a_second_run_changes_nothing(stack):
+    result = stack.deploy()
+    assert result.returncode == 0, result.stdout
+    hosts, success, error, no_change = totals(result)
+    assert (success, error) == ("-", "-"), result.stdout
+    assert hosts == no_change
+
+
+def test_one_version_changed_in_the_manifest_moves_only_that_package(stack):
+    before = {node: stack.packages(node) for node in NODES}
+    changed = stack.manifest_copy("dcgm-4.1.1", {
+        "dcgm": {"name": "datacenter-gpu-manager-4-cuda12", "version": "1:4.1.1-1kilnlab1"}})
+    result = stack.deploy(changed)
+    assert result.returncode == 0, result.stdout
+    for node in NODES:
+        after = stack.packages(node)
+        moved = {name for name in set(before[node]) | set(after)
+                 if before[node].get(name) != after.get(name)}
+        assert moved == set(DCGM), node
+        assert {after[name] for name in DCGM} == {"1:4.1.1-1kilnlab1"}
+        assert set(DCGM) <= stack.holds(node)
+    # Only the DCGM package set's operation changed something.
+    changed_ops = [line for line in result.stdout.splitlines()
+                   if re.search(r"\|\s.*\s+2\s+2\s+-\s+-\s*$", line)]
+    assert len(changed_ops) == 1 and "NVIDIA packages exact and held" in changed_ops[0], (
+        result.stdout)
+    # The suite reads the drift against the shipped manifest, and only there.
+    drifted = stack.suite(tests=PACKAGE_TESTS)
+    failed = re.findall(r"^FAILED \S+\[(\S+?)\]", drifted.stdout, re.MULTILINE)
+    assert drifted.returncode != 0 and failed, drifted.stdout
+    assert {test.split(":", 1)[1] for test in failed} == {"packages.dcgm"}, failed
+    assert stack.suite(changed, tests=PACKAGE_TESTS).returncode == 0
+
+
+def test_driver_branch_change_runs_after_the_reboot_and_back(stack):
+    branch_550 = stack.manifest_copy("driver-550", {
+        "nvidia-driver": {"name": "nvidia-driver-550-server-open", "version": BRANCH_550},
+        "nvidia-fabricmanager": {"name": "nvidia-fabricmanager-550", "version": BRANCH_550},
+        "nvidia-persistenced": {"name": "nvidia-compute-utils-550-server",
+                                "version": BRANCH_550},
+    })
+    first, second = stack.converge(branch_550)
+    if second is not None:
+        # Installed, not yet running: the 570 module answers with a version mismatch.
+        assert first.stdout.count("running: module 570.148.08") == len(NODES), first.stdout
+        assert "Driver/library version mismatch" in first.stdout
+        assert second.returncode == 0, second.stdout
+    for node in NODES:
+        installed = stack.packages(node)
+        assert not [name for name in installed if re.search(r"-570(-|$)", name)], node
+        assert installed["nvidia-fabricmanager-550"] == BRANCH_550
+        assert {"nvidia-driver-550-server-open", "nvidia-fabricmanager-550",
+                "libnvidia-compute-550-server"} <= stack.holds(node)
+    suite = stack.suite(branch_550)
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    # And up again to the shipped 570.
+    first, second = stack.converge()
+    assert (second or first).returncode == 0, (second or first).stdout
+    suite = stack.suite()
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    shutil.rmtree(branch_550)
