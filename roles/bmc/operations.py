@@ -8,6 +8,7 @@ done without doing it:
     bmc.power(name="Power on", state="on")
     bmc.boot_once(name="Network boot next", device="pxe")
     bmc.firmware_update(name="BIOS", component="BIOS", image_uri=..., sha256=..., version=...)
+    bmc.reboot(name="Reboot through the BMC")      # or `yield from reboot_commands()`
 
 A BMC that cannot be read or refuses a change fails that host alone, with the error naming
 the node's BMC; pyinfra goes on with the other hosts and exits non-zero.
@@ -18,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
+import time
+from collections.abc import Iterator
 from contextlib import closing
 
 import requests
 from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
-from pyinfra.api.exceptions import OperationValueError
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.exceptions import ConnectError, OperationValueError
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
@@ -178,3 +182,94 @@ def firmware_update(component: str, image_uri: str, sha256: str,  # noqa: ANN201
     yield FunctionCommand(_update_firmware,
                           (component, image_uri, sha256, timeout, image_verify), {})
 
+
+
+# -- reboot through the BMC -------------------------------------------------------------------
+
+# On /run, a tmpfs: present until the node boots again.
+REBOOT_MARKER = "/run/kiln-reboot-pending"
+REBOOT_WAIT_SECONDS = 900.0
+
+
+def _drop_ssh(host: Host) -> None:
+    """Forget pyinfra's SSH session to a node that reboots; the @metal connector opens a
+    fresh one when a later operation needs it."""
+    client = getattr(host.connector, "client", None)
+    if client is not None:
+        try:
+            client.close()
+        except (OSError, EOFError):
+            pass  # the session died with the node
+        host.connector.client = None
+
+
+def ssh_answers(address: str, port: int) -> bool:
+    """An sshd greets on `address:port` (its SSH- banner): the node's OS is up."""
+    try:
+        with socket.create_connection((address, port), timeout=2) as sock:
+            sock.settimeout(5)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _as_root(host: Host) -> dict[str, bool]:
+    """/run is root's: sudo unless pyinfra logs in as root."""
+    return {"_sudo": (host.data.get("ssh_user") or "root") != "root"}
+
+
+def _marker_present(host: Host) -> bool | None:
+    """Whether the reboot marker is still there (True), gone (False), or unknown (None)."""
+    try:
+        status, _ = host.run_shell_command(StringCommand("test", "-e", REBOOT_MARKER),
+                                           **_as_root(host))
+    except (ConnectError, OSError, EOFError):
+        _drop_ssh(host)
+        return None
+    return bool(status)
+
+
+def _reboot(state: State, host: Host, wait: float) -> bool:
+    address = host.data.get("ssh_hostname") or host.name
+    port = int(host.data.get("ssh_port") or 22)
+    try:
+        marked, _ = host.run_shell_command(StringCommand("touch", REBOOT_MARKER),
+                                           **_as_root(host))
+    except (ConnectError, OSError, EOFError):
+        marked = False  # no OS to ask: the cycle is all there is to do
+    try:
+        with closing(facts.bmc_for(host)) as bmc:
+            label = bmc.label
+            bmc.power_cycle()
+    except KilnError as exc:
+        return _fail(state, host, str(exc))
+    _drop_ssh(host)
+    deadline = time.monotonic() + wait
+    seen_down = False
+    while time.monotonic() < deadline:
+        up = ssh_answers(address, port)
+        seen_down = seen_down or not up
+        if up and (seen_down or marked):
+            present = _marker_present(host) if marked else False
+            if present is False:
+                host.log(f"BMC: rebooted ({label})", log_func=logger.info)
+                return True
+            if present:
+                _drop_ssh(host)  # the old OS still answers: the cycle has not begun
+        time.sleep(2)
+    return _fail(state, host, f"{label}: power cycled, but the node's SSH ({address}:{port}) "
+                 f"did not come back from a new boot within {wait:g} s")
+
+
+def reboot_commands(wait: float = REBOOT_WAIT_SECONDS) -> Iterator[FunctionCommand]:
+    """The commands of a reboot through the BMC, for another operation to `yield from`:
+    power cycle, then wait until the node's sshd answers from a new boot (a marker in /run,
+    a tmpfs, is gone). Works when the OS cannot reboot itself (a hung driver unload)."""
+    yield FunctionCommand(_reboot, (wait,), {})
+
+
+@operation(is_idempotent=False)
+def reboot(wait: float = REBOOT_WAIT_SECONDS):  # noqa: ANN201 - pyinfra operation generator
+    """Power cycle the node through its BMC and wait for it to boot again (see
+    `reboot_commands`)."""
+    yield from reboot_commands(wait)

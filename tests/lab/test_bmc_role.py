@@ -17,7 +17,7 @@ from lab.inventory import lab_host_data
 from lab.nodes import ssh_banner
 from lab.state import LabState
 from roles import FIRMWARE_DIR
-from roles.bmc import BMCAuthError, BMCUnavailable, RetryPolicy, connect
+from roles.bmc import BMCAuthError, BMCUnavailable, RetryPolicy, connect, operations
 from roles.bmc import facts as bmc_facts
 from roles.bmc.operations import image_sha256
 from roles.manifest import load_manifest
@@ -95,6 +95,41 @@ def test_redfish_boot_once_pxe_read_back_and_used_by_one_boot(redfish_node, labt
     wait_for(lambda: labtools.ssh(lab, REDFISH_NODE, "test -e /run/kiln-bmc-role-marker "
                                   "&& echo old || echo new", check=False).strip() == "new",
              60, f"{REDFISH_NODE} to have booted again")
+
+
+def run_operation(name: str, data: dict[str, Any], op: Any, *args: Any,
+                  **kwargs: Any) -> tuple[bool, bool]:
+    """One pyinfra operation on host `name` (pyinfra's API); (success, changed)."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    inventory = Inventory(([(name, data)], {}))
+    state = State(inventory, Config())
+    connect_all(state)
+    add_op(state, op, *args, **kwargs)
+    try:
+        run_ops(state)
+    except PyinfraError as exc:
+        assert "No hosts remaining" in str(exc)
+    host = inventory.get_host(REDFISH_NODE if name.startswith("@metal/") else name)
+    meta, results = state.get_meta_for_host(host), state.get_results_for_host(host)
+    return results.error_ops == 0, meta.ops_change > 0
+
+
+def test_reboot_and_power_operations_on_an_at_metal_host(redfish_node, labtools):
+    lab = redfish_node
+    data = data_for(lab, REDFISH_NODE)
+    name = f"@metal/{REDFISH_NODE}"
+    assert run_operation(name, data, operations.power, "on") == (True, False)
+    labtools.ssh(lab, REDFISH_NODE, "touch /run/kiln-bmc-role-before-reboot")
+    assert run_operation(name, data, operations.reboot, wait=180) == (True, True)
+    assert sshd_up(lab, REDFISH_NODE)
+    assert labtools.ssh(lab, REDFISH_NODE, "ls /run/kiln-bmc-role-before-reboot "
+                        "/run/kiln-reboot-pending 2>&1 | grep -c 'No such file'",
+                        check=False).strip() == "2"
 
 
 def test_redfish_firmware_inventory_is_the_pinned_bios_and_bmc(redfish_node):
