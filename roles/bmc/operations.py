@@ -134,11 +134,15 @@ def image_sha256(image_uri: str, verify: bool | str = True, timeout: float = 60.
 
 def _update_firmware(state: State, host: Host, component: str, image_uri: str, sha256: str,
                      timeout: float, image_verify: bool | str) -> bool:
+    node = host.data.get("kiln_node") or host.name
     try:
         served = image_sha256(image_uri, verify=image_verify)
-        if served != sha256:
-            return _fail(state, host, f"firmware image {image_uri} has sha256 {served}, the "
-                         f"manifest pins {sha256}; {component} not flashed")
+    except KilnError as exc:
+        return _fail(state, host, f"node {node}: {exc}; {component} not flashed")
+    if served != sha256:
+        return _fail(state, host, f"node {node}: firmware image {image_uri} has sha256 "
+                     f"{served}, the manifest pins {sha256}; {component} not flashed")
+    try:
         with closing(facts.bmc_for(host)) as bmc:
             result = bmc.update_firmware(component, image_uri, timeout=timeout)
     except KilnError as exc:

@@ -14,6 +14,7 @@ BMC, never for the client under test.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import ssl
@@ -458,6 +459,13 @@ def test_a_write_is_retried_only_when_the_bmc_did_not_act(hpe_bmc):
     assert len(hpe_bmc.bodies("POST", reset)) == 3
 
 
+def test_retry_policy_delays_and_bounds():
+    policy = RetryPolicy(attempts=6, first_delay=1.0, factor=3.0, max_delay=10.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [1.0, 3.0, 9.0, 10.0, 10.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        RetryPolicy(attempts=0)
+
+
 # -- power and boot against a BMC that acts -------------------------------------------------------
 
 
@@ -596,15 +604,13 @@ def test_operations_change_only_what_differs(hpe_https_bmc, tls, tmp_path, monke
 
 
 def test_firmware_update_operation_checks_the_image_first(hpe_https_bmc, tls, tmp_path,
-                                                           monkeypatch):
+                                                           monkeypatch, caplog):
     from roles.bmc import operations
 
     for name in ("KILN_BMC_USERNAME", "KILN_BMC_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     image = tmp_path / "rom.bin"
     image.write_bytes(os.urandom(4096))
-    import hashlib
-
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     site = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -614,9 +620,11 @@ def test_firmware_update_operation_checks_the_image_first(hpe_https_bmc, tls, tm
         uri = f"http://127.0.0.1:{port}/rom.bin"
         data = host_data(hpe_https_bmc.port, secrets_file(tmp_path), ca_bundle=str(tls["ca"]))
         update = "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate"
-        # A wrong sha256: the host fails and nothing is sent to the BMC.
+        # A wrong sha256: the host fails, naming the node, and nothing is sent to the BMC.
         assert run_operation(data, operations.firmware_update, component="2", image_uri=uri,
                              sha256="f" * 64, version="new") == (False, True)
+        assert any(r.getMessage().startswith("[@local] node gpu-017: firmware image ") and
+                   f"has sha256 {digest}" in r.getMessage() for r in caplog.records)
         assert hpe_https_bmc.bodies("POST", update) == []
         hpe_https_bmc.task_answers = [(200, task("Completed", ["done"], 100))]
         assert run_operation(data, operations.firmware_update, component="2", image_uri=uri,
