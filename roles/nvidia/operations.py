@@ -8,7 +8,7 @@ asked for and no process has a GPU open, by unloading and loading it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Any
 
 from pyinfra import host
@@ -16,7 +16,10 @@ from pyinfra.api import StringCommand, operation
 
 from roles.base.facts import DebPackages, ServiceStates, installed_versions
 from roles.base.operations import failure, node_readable, preview
+from roles.bmc import operations as bmc_operations
 from roles.nvidia.facts import LoadedNvidiaModules, NvidiaDeviceUsers, NvidiaDriverState
+
+logger = logging.getLogger("pyinfra")
 
 # Unload order: what uses the core module first. Loaded again in the reverse order.
 MODULE_UNLOAD_ORDER = ("nvidia_peermem", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nvidia")
@@ -35,13 +38,9 @@ def describe_running(driver: dict[str, Any]) -> str:
     return f"{running}; nvidia-smi: {said}"
 
 
-def bmc_power_cycle() -> Callable[..., Any] | None:
-    """The BMC power cycle of roles/bmc, once that role exists (None until then).
-
-    A reboot through the BMC works when the OS does not (a hung driver unload), and it is
-    the only way a lab node reboots: the lab's BMC simulators are what power it.
-    """
-    return None
+def has_bmc() -> bool:
+    """The inventory names this node's BMC (host data kiln_bmc), so kiln can reboot it."""
+    return bool(host.data.get("kiln_bmc"))
 
 
 def reload_commands(loaded: list[str], services: list[str]) -> list[str]:
@@ -66,8 +65,9 @@ def driver_running(version: str, package: str, activation: str,  # noqa: ANN201
                    services: list[str]):
     """The kernel module running is the pinned driver `version` (from package `package`).
 
-    activation "reboot": power cycle through the BMC; "reload": unload and load the module,
-    refused while a process other than the NVIDIA daemons has a GPU open.
+    activation "reboot": power cycle through the BMC (roles/bmc) and wait for the new boot;
+    "reload": unload and load the module, refused while a process other than the NVIDIA
+    daemons has a GPU open.
     """
     if not node_readable():
         yield preview(f"the running NVIDIA driver ({version})")
@@ -90,12 +90,14 @@ def driver_running(version: str, package: str, activation: str,  # noqa: ANN201
         for command in reload_commands(host.get_fact(LoadedNvidiaModules), services):
             yield StringCommand(command)
         return
-    power_cycle = bmc_power_cycle()
-    if power_cycle is None:
-        yield failure(f"{situation}. The module changes at the next boot: reboot the node "
-                      "(the BMC power cycle of roles/bmc is not available yet) and run again")
+    if not has_bmc():
+        yield failure(f"{situation}. The module changes at the next boot, and the inventory "
+                      "names no BMC (kiln_bmc) to reboot the node with: reboot it, run again")
         return
-    yield from power_cycle()
+    # Through the BMC, not `reboot`: it works when the OS cannot (a hung driver unload), and
+    # the next operations read the node as it comes back from the new boot.
+    logger.info(f"{host.print_prefix}{situation}: rebooting through the BMC")
+    yield from bmc_operations.reboot_commands()
 
 
 @operation()
