@@ -36,7 +36,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default=defaults.commission_timeout)
     parser.add_argument("--deploy-timeout", type=float, default=defaults.deploy_timeout)
     parser.add_argument("--release-timeout", type=float, default=defaults.release_timeout)
+    parser.add_argument("--power-waits", type=_seconds_list, default=defaults.power_waits,
+                        help="pauses between tries of a power change, e.g. 1,2,2,4")
     return parser.parse_args(argv)
+
+
+def _seconds_list(text: str) -> tuple[float, ...]:
+    try:
+        waits = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seconds"
+                                         ) from None
+    if not waits or any(w < 0 for w in waits):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one pause, none negative")
+    return waits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing(step=args.step, poll=args.poll,
                     commission_timeout=args.commission_timeout,
                     deploy_timeout=args.deploy_timeout,
-                    release_timeout=args.release_timeout)
+                    release_timeout=args.release_timeout, power_waits=args.power_waits)
 
     def log(line: str) -> None:
         print(f"maas-sim: {line}", file=sys.stderr, flush=True)

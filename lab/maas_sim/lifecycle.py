@@ -54,7 +54,7 @@ from lab.maas_sim.errors import (
     invalid_choice,
 )
 from lab.maas_sim.machines import API_USER, Machine
-from lab.maas_sim.power import PowerDriver, PowerError
+from lab.maas_sim.power import PowerDriver, PowerError, PowerFatalError
 from lab.maas_sim.status import (
     ABORTABLE,
     ALREADY_RELEASED,
@@ -95,6 +95,9 @@ class Timing:
     deploy_timeout: float = 900.0
     release_timeout: float = 300.0
     erase: float = 5.0  # a quick erase, when the lab has no erase environment to boot
+    # MAAS's power driver retries a power change with these pauses, checking the power
+    # state after each (provisioningserver DEFAULT_WAITING_POLICY).
+    power_waits: tuple[float, ...] = (1, 2, 2, 4, 6, 8, 12)
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ class Lifecycle:
         name = machine.hostname
         if not resume:
             self.netboot.request(self.lab, name, {"action": "commission"})
-            if not self._power_on(machine, op, pxe=True, revert_to=before):
+            if not self._power_on(machine, op, pxe=True, revert_to=before,
+                                  action="commission"):
                 return
             for message in ("Performing PXE boot", "Loading ephemeral", "Gathering information"):
                 self._message(machine, op, message)
@@ -232,7 +236,7 @@ class Lifecycle:
         if result is None:
             self._timed_out(machine, op)
         elif result.get("status") == "ok":
-            self._power_off_quietly(machine)
+            self._power_off_quietly(machine, op)
             hardware = result.get("hardware") or {}
             with self._changing(machine, op):
                 machine.hardware = hardware
@@ -243,7 +247,7 @@ class Lifecycle:
                 self._leave(machine, NodeStatus.READY, "Ready")
         else:
             self.log(f"{name}: commissioning failed: {result.get('error', 'no reason given')}")
-            self._power_off_quietly(machine)
+            self._power_off_quietly(machine, op)
             with self._changing(machine, op):
                 machine.commissioning_status = SCRIPT_FAILED
                 self._leave(machine, NodeStatus.FAILED_COMMISSIONING, "Failed commissioning")
@@ -371,7 +375,7 @@ class Lifecycle:
                 "user_data": text,
                 "ssh_keys": ssh_keys_of(text),
             })
-            if not self._power_on(machine, op, pxe=True, revert_to=before):
+            if not self._power_on(machine, op, pxe=True, revert_to=before, action="deploy"):
                 return
             for message in ("Performing PXE boot", "Loading ephemeral", "Configuring storage",
                             "Installing OS", "Configuring OS", "Rebooting"):
@@ -454,7 +458,7 @@ class Lifecycle:
             self._message(machine, op, "Disks erased")
             return True
         self.netboot.request(self.lab, name, {"action": "erase"})
-        if not self._power_on(machine, op, pxe=True, revert_to=before):
+        if not self._power_on(machine, op, pxe=True, revert_to=before, action="erase"):
             return False
         self._message(machine, op, "Loading ephemeral")
         result = self._await_result(machine, op, "erase")
@@ -468,7 +472,7 @@ class Lifecycle:
                             "Marking node failed - Failed to erase disks.")
             return False
         self._message(machine, op, "Disks erased")
-        self._power_off_quietly(machine)
+        self._power_off_quietly(machine, op)
         return True
 
     # -- abort, broken, fixed --------------------------------------------------------------
@@ -494,7 +498,7 @@ class Lifecycle:
 
     def _aborting(self, machine: Machine, op: _Operation, target: NodeStatus, resume: bool,
                   message: str = "") -> None:
-        self._power_off_quietly(machine)
+        self._power_off_quietly(machine, op)
         with self._changing(machine, op):
             if target == NodeStatus.NEW:
                 machine.commissioning_status = SCRIPT_ABORTED
@@ -518,7 +522,7 @@ class Lifecycle:
 
     def _quiet_power_off(self, machine: Machine, op: _Operation, before: NodeStatus,
                          resume: bool) -> None:
-        self._power_off_quietly(machine)
+        self._power_off_quietly(machine, op)
 
     def mark_fixed(self, system_id: str) -> Machine:
         with self.store.changing():
@@ -693,7 +697,7 @@ class Lifecycle:
                 machine.commissioning_status = SCRIPT_ABORTED
             machine.error_description = comment
             self._leave(machine, MONITORED[status], f"Marking node failed - {comment}")
-        self._power_off_quietly(machine)
+        self._power_off_quietly(machine, op)
 
     def _power_failed(self, machine: Machine, op: _Operation, revert_to: NodeStatus | None,
                       error: PowerError) -> None:
@@ -715,10 +719,54 @@ class Lifecycle:
             if current == NodeStatus.COMMISSIONING:
                 machine.commissioning_status = SCRIPT_ABORTED
 
+    def _perform(self, machine: Machine, op: _Operation, change: str, pxe: bool = False,
+                 booted: Callable[[], bool] | None = None) -> str:
+        """MAAS's perform_power: change the power, pause, check the state; again with the
+        next pause while the BMC fails or the state is not `change` yet; a fatal error (the
+        BMC refused the credentials) ends it at once. `booted` says a network boot has
+        already reported, so a machine that powered itself off since (commissioning) is
+        not powered on again. Returns the state last seen."""
+        driver = self._power(machine)
+        last: PowerError | None = None
+        state = "unknown"
+        for pause in self.timing.power_waits:
+            try:
+                driver.power_on(pxe=pxe) if change == "on" else driver.power_off()
+            except PowerFatalError:
+                raise
+            except PowerError as exc:
+                last = exc
+                self.log(f"{machine.hostname}: power {change} failed, trying again: {exc}")
+                self._sleep(op, pause)
+                continue
+            self._sleep(op, pause)
+            if booted is not None and booted():
+                return change
+            try:
+                state = driver.power_state()
+            except PowerFatalError:
+                raise
+            except PowerError as exc:
+                last = exc
+                continue
+            if state == change:
+                return state
+        if last is not None:
+            raise last
+        raise PowerError(f"Failed to power {machine.system_id}. BMC never transitioned from "
+                         f"{state} to {change}.")
+
+    def _reported(self, machine: Machine, action: str) -> Callable[[], bool]:
+        def reported() -> bool:
+            result = self.netboot.result(self.lab, machine.hostname)
+            return result is not None and result.get("action") == action
+        return reported
+
     def _power_on(self, machine: Machine, op: _Operation, pxe: bool,
-                  revert_to: NodeStatus | None) -> bool:
+                  revert_to: NodeStatus | None, action: str | None = None) -> bool:
         try:
-            self._power(machine).power_on(pxe=pxe)
+            booted = self._reported(machine, action) if action else None
+            self._perform(machine, op, "on", pxe=pxe, booted=booted)
         except PowerError as exc:
             self._power_failed(machine, op, revert_to, exc)
             return False
@@ -728,7 +776,7 @@ class Lifecycle:
 
     def _power_off(self, machine: Machine, op: _Operation, revert_to: NodeStatus | None) -> bool:
         try:
-            self._power(machine).power_off()
+            self._perform(machine, op, "off")
         except PowerError as exc:
             self._power_failed(machine, op, revert_to, exc)
             return False
@@ -736,13 +784,11 @@ class Lifecycle:
             machine.power_state = "off"
         return True
 
-    def _power_off_quietly(self, machine: Machine) -> None:
+    def _power_off_quietly(self, machine: Machine, op: _Operation | None = None) -> None:
         """Power off where MAAS does so on its own (end of commissioning, abort): a BMC
         error leaves power_state "error" and the transition goes on."""
         try:
-            driver = self._power(machine)
-            driver.power_off()
-            state = driver.power_state()
+            state = self._perform(machine, op or _Operation("power off"), "off")
         except PowerError as exc:
             self.log(f"{machine.hostname}: power off failed: {exc}")
             state = "error"

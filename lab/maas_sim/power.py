@@ -28,10 +28,18 @@ COMMAND_TIMEOUT = 30  # seconds for one BMC command
 # What talking to a Redfish BMC can raise besides sushy's own errors: requests' (TLS, a bad
 # CA bundle path) and the OS's.
 _REDFISH_ERRORS = (sushy_exceptions.SushyError, requests.RequestException, OSError)
+# What ipmitool prints when the BMC answers but refuses the user or the password.
+_IPMI_REFUSALS = ("unauthorized name", "hmac is invalid", "invalid user name",
+                  "insufficient privilege")
 
 
 class PowerError(Exception):
-    """The BMC could not be reached, refused the credentials, or failed the action."""
+    """The BMC could not be reached or failed the action: MAAS tries again a few times."""
+
+
+class PowerFatalError(PowerError):
+    """Trying again cannot help (refused credentials, no tool, no credentials): MAAS's
+    PowerFatalError, which fails the power action at once."""
 
 
 class PowerDriver(Protocol):
@@ -79,6 +87,8 @@ class RedfishPower:
                 raise PowerError(f"{self.where}: its Systems collection is empty")
             # MAAS's redfish driver takes the first member when no node_id is configured.
             return root.get_system(sorted(members)[0])
+        except sushy_exceptions.AccessError as exc:
+            raise PowerFatalError(f"{self.where}: {exc}") from None
         except _REDFISH_ERRORS as exc:
             raise PowerError(f"{self.where}: {exc}") from None
 
@@ -136,17 +146,18 @@ class IpmiPower:
                 env={**os.environ, "IPMI_PASSWORD": self._credentials.password},
             )
         except FileNotFoundError:
-            raise PowerError(f"{self.where}: ipmitool is not installed") from None
+            raise PowerFatalError(f"{self.where}: ipmitool is not installed") from None
         except subprocess.TimeoutExpired:
             raise PowerError(
                 f"{self.where}: ipmitool {' '.join(command)} gave no answer in "
                 f"{COMMAND_TIMEOUT} s"
             ) from None
         if done.returncode != 0:
-            why = (done.stderr or done.stdout).strip().splitlines()
-            raise PowerError(
-                f"{self.where}: ipmitool {' '.join(command)} failed: "
-                f"{why[-1] if why else f'exit {done.returncode}'}"
+            output = (done.stderr or done.stdout).strip()
+            why = output.splitlines()[-1] if output else f"exit {done.returncode}"
+            refused = any(text in output.lower() for text in _IPMI_REFUSALS)
+            raise (PowerFatalError if refused else PowerError)(
+                f"{self.where}: ipmitool {' '.join(command)} failed: {why}"
             )
         return done.stdout
 
@@ -174,7 +185,7 @@ class IpmiPower:
 def bmc_credentials(secrets: dict[str, dict[str, str]], source: str) -> BmcCredentials:
     entry = secrets.get("bmc") or {}
     if not entry.get("username") or not entry.get("password"):
-        raise PowerError(f"{source}: no bmc username/password entry")
+        raise PowerFatalError(f"{source}: no bmc username/password entry")
     return BmcCredentials(entry["username"], entry["password"])
 
 
@@ -184,5 +195,5 @@ def driver_for(power_type: str, address: str, port: int, credentials: BmcCredent
         return RedfishPower(address, port, credentials, str(ca_bundle) if ca_bundle else None)
     if power_type == "ipmi":
         return IpmiPower(address, port, credentials)
-    raise PowerError(f"power type {power_type!r} is not one the MAAS simulator drives "
+    raise PowerFatalError(f"power type {power_type!r} is not one the MAAS simulator drives "
                      "(redfish, ipmi)")

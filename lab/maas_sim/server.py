@@ -14,7 +14,7 @@ from lab.maas_sim.api import Simulator, create_app
 from lab.maas_sim.auth import ApiKey, OAuthChecker
 from lab.maas_sim.lifecycle import Image, Lifecycle, Netboot, Timing
 from lab.maas_sim.machines import Machine
-from lab.maas_sim.power import PowerDriver, PowerError, bmc_credentials, driver_for
+from lab.maas_sim.power import PowerDriver, PowerFatalError, bmc_credentials, driver_for
 from lab.maas_sim.store import Store, maas_dir, store_path
 from lab.state import StateError, load_state
 
@@ -30,7 +30,7 @@ def lab_power(lab: Path) -> Callable[[Machine], PowerDriver]:
             credentials = bmc_credentials(read_lab_secrets(lab), str(secrets_path(lab)))
             ca_bundle = load_state(lab).tls_ca
         except (OSError, ValueError, StateError) as exc:
-            raise PowerError(f"{machine.hostname}: no power credentials: {exc}") from None
+            raise PowerFatalError(f"{machine.hostname}: no power credentials: {exc}") from None
         return driver_for(machine.power_type, machine.power_address, machine.power_port,
                           credentials, ca_bundle)
 

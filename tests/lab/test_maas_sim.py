@@ -1,11 +1,12 @@
 """The MAAS simulator in a running lab brought up as a new rack: New machines are
 commissioned and deployed through their real BMCs (Redfish for gpu-001, IPMI for svc-001)
 and the lab's PXE side, and come up on a fresh root filesystem that takes the SSH key the
-deploy's user_data carried. Spoken to over HTTP with requests and OAuth1 PLAINTEXT, not kiln's
+deploy's user_data carried; gpu-002, whose image never boots (fault boot-fail), ends in
+Failed deployment. Spoken to over HTTP with requests and OAuth1 PLAINTEXT, not kiln's
 client: the thing under test is the simulator.
 
 This module needs a lab that is NOT deployed, unlike the session's `lab` fixture, so it
-brings up its own small one (1 GPU + 1 service node) and, when the session lab was up
+brings up its own small one (2 GPU + 1 service node) and, when the session lab was up
 before, brings that back afterwards.
 """
 
@@ -30,6 +31,7 @@ from lab.state import StateError, load_state
 pytestmark = pytest.mark.lab
 
 MARKER = "/root/kiln-maas-sim-marker"
+BROKEN = "gpu-002"  # its image does not boot
 TIMEOUT = 600  # seconds a transition may take here; MAAS's own deadlines are longer
 
 
@@ -46,10 +48,12 @@ def new_rack(labtools, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (namespaces, mounts, bridge); CI runs them as root")
     restore = _session_lab_is_up()
+    faults = tmp_path_factory.mktemp("faults") / "faults.yaml"
+    faults.write_text(f"faults:\n  - {{node: {BROKEN}, kind: boot-fail, first_ok: 0}}\n")
     labtools.kiln("down")
     started = time.monotonic()
-    labtools.kiln("up", "--nodes", "1", "--service-nodes", "1")
-    print(f"\nnew rack of 2 nodes up in {time.monotonic() - started:.1f} s")
+    labtools.kiln("up", "--nodes", "2", "--service-nodes", "1", "--faults", str(faults))
+    print(f"\nnew rack of 3 nodes up in {time.monotonic() - started:.1f} s")
     state = load_state()
     key_dir = tmp_path_factory.mktemp("ssh")
     key = key_dir / "id_ed25519"
@@ -88,7 +92,7 @@ class Maas:
         [machine] = found.json()
         return machine
 
-    def wait(self, hostname: str, status_name: str) -> dict:
+    def wait(self, hostname: str, status_name: str, fails: bool = False) -> dict:
         deadline = time.monotonic() + TIMEOUT
         seen: list[str] = []
         while True:
@@ -99,7 +103,7 @@ class Maas:
             if machine["status_name"] == status_name:
                 print(f"{hostname}: " + " | ".join(seen))
                 return machine
-            assert not machine["status_name"].startswith("Failed"), seen
+            assert fails or not machine["status_name"].startswith("Failed"), seen
             assert time.monotonic() < deadline, f"{hostname} not {status_name}: {seen}"
             time.sleep(1)
 
@@ -122,7 +126,7 @@ def user_data(key: Path) -> str:
 def test_new_machines_commission_and_deploy_through_their_bmcs(new_rack):
     state, key = new_rack
     maas = Maas(state.endpoints["maas"], read_lab_secrets(Path(state.lab_dir))["maas"]["api_key"])
-    hosts = [n.name for n in state.nodes]
+    hosts = [n.name for n in state.nodes if n.name != BROKEN]
     assert {n.bmc["protocol"] for n in state.nodes} == {"redfish", "ipmi"}
     for host in hosts:
         machine = maas.machine(host)
@@ -171,6 +175,25 @@ def test_a_redeploy_gives_a_fresh_root_filesystem(new_rack):
     after = ssh(state, host, key, f"test -e {MARKER} && echo kept || echo gone")
     assert after.returncode == 0, after.stderr
     assert after.stdout.strip() == "gone"
+
+
+def test_a_node_whose_image_does_not_boot_ends_in_failed_deployment(new_rack):
+    state, key = new_rack
+    maas = Maas(state.endpoints["maas"], read_lab_secrets(Path(state.lab_dir))["maas"]["api_key"])
+    system_id = maas.machine(BROKEN)["system_id"]
+    assert maas.post(f"machines/{system_id}/", "commission").status_code == 200
+    maas.wait(BROKEN, "Ready")
+    answer = maas.post(f"machines/{system_id}/", "deploy", user_data=user_data(key))
+    assert answer.status_code == 200, answer.text
+    failed = maas.wait(BROKEN, "Failed deployment", fails=True)
+    assert failed["status"] == 11
+    assert failed["status_message"] == (
+        "Marking node failed - Installation failed (refer to the installation log for more "
+        "information).")
+    assert ssh(state, BROKEN, key, "true").returncode != 0
+    released = maas.post(f"machines/{system_id}/", "release")
+    assert released.status_code == 200, released.text
+    maas.wait(BROKEN, "Ready")
 
 
 def test_every_request_the_simulator_took_follows_maas_document(new_rack):

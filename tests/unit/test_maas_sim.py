@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 
 import pytest
-from test_maas_sim_harness import SimHarness, build, system_id_of
+from test_maas_sim_harness import FAST, SimHarness, build, system_id_of
 
 from lab import netboot
-from lab.maas_sim.lifecycle import Timing, ssh_keys_of, user_data_text
+from lab.maas_sim.lifecycle import ssh_keys_of, user_data_text
 
 
 @pytest.fixture
@@ -188,7 +189,7 @@ def test_commission_inventories_the_hardware_through_a_pxe_boot(sim):
 
 
 def test_commission_takes_time_and_shows_maas_progress(tmp_path):
-    sim = build(tmp_path, timing=Timing(step=0.15, poll=0.01, commission_timeout=10))
+    sim = build(tmp_path, timing=replace(FAST, step=0.15, poll=0.01, commission_timeout=10))
     system_id = system_id_of(sim, "gpu-001")
     started = time.monotonic()
     sim.client.post(f"machines/{system_id}/", "commission")
@@ -221,7 +222,7 @@ def test_unreachable_bmc_reverts_commissioning_as_maas_does(sim):
 
 
 def test_commission_past_its_deadline_fails(tmp_path):
-    sim = build(tmp_path, timing=Timing(step=0.01, poll=0.01, commission_timeout=0.3))
+    sim = build(tmp_path, timing=replace(FAST, step=0.01, poll=0.01, commission_timeout=0.3))
     sim.bmcs["gpu-001"].finishes = False
     system_id = system_id_of(sim, "gpu-001")
     sim.client.post(f"machines/{system_id}/", "commission")
@@ -305,7 +306,7 @@ def test_boot_fail_node_ends_in_failed_deployment(sim):
 
 
 def test_deploy_past_its_deadline_fails_and_withdraws_the_pxe_offer(tmp_path):
-    sim = build(tmp_path, timing=Timing(step=0.01, poll=0.01, deploy_timeout=0.3))
+    sim = build(tmp_path, timing=replace(FAST, step=0.01, poll=0.01, deploy_timeout=0.3))
     system_id = commissioned(sim)
     sim.bmcs["gpu-001"].finishes = False
     sim.client.post(f"machines/{system_id}/", "deploy")
@@ -316,7 +317,7 @@ def test_deploy_past_its_deadline_fails_and_withdraws_the_pxe_offer(tmp_path):
 
 
 def test_deploy_waits_for_the_machine_to_report(tmp_path):
-    sim = build(tmp_path, timing=Timing(step=0.01, poll=0.01, deploy_timeout=10))
+    sim = build(tmp_path, timing=replace(FAST, step=0.01, poll=0.01, deploy_timeout=10))
     system_id = commissioned(sim)
     sim.bmcs["gpu-001"].boot_seconds = 0.5
     started = time.monotonic()
@@ -464,9 +465,29 @@ def test_power_operations_go_through_the_bmc(deployed_sim):
     client.post(f"machines/{system_id}/", "power_on")
     deployed_sim.settle()
     bmc = deployed_sim.bmcs["gpu-002"]
-    # A network boot, as MAAS always does, with nothing on offer: the disk boots.
-    assert bmc.calls[-1] == "on-pxe" and bmc.requests == [] and bmc.state == "on"
+    # A network boot, as MAAS always does, with nothing on offer (the disk boots); then
+    # MAAS checks that the power state changed.
+    assert bmc.calls[-2:] == ["on-pxe", "query"] and bmc.requests == [] and bmc.state == "on"
     assert client.machine(system_id)["status_name"] == "Deployed"
+
+
+def test_a_bmc_that_fails_a_few_times_is_tried_again(sim):
+    system_id = commissioned(sim)
+    bmc = sim.bmcs["gpu-001"]
+    bmc.failures = 2
+    sim.client.post(f"machines/{system_id}/", "deploy")
+    sim.wait(system_id, "Deployed")
+    assert "failed,failed,on-pxe" in ",".join(bmc.calls)
+
+
+def test_a_bmc_that_refuses_the_credentials_is_not_tried_again(sim):
+    system_id = system_id_of(sim, "gpu-001")
+    bmc = sim.bmcs["gpu-001"]
+    bmc.refuses = True
+    sim.client.post(f"machines/{system_id}/", "commission")
+    machine = sim.wait(system_id, "New")
+    assert "Please check power credentials." in machine["status_message"]
+    assert len([line for line in sim.logs if "trying again" in line]) == 0
 
 
 def test_power_on_of_an_unallocated_machine_is_409(sim):

@@ -26,12 +26,12 @@ from lab.maas_sim import write_fresh_store
 from lab.maas_sim.api import create_app
 from lab.maas_sim.enlist import lab_image
 from lab.maas_sim.lifecycle import Timing
-from lab.maas_sim.power import PowerError
+from lab.maas_sim.power import PowerError, PowerFatalError
 from lab.maas_sim.server import build_simulator
 from lab.state import LabState, plan_nodes, save_state
 
 FAST = Timing(step=0.02, poll=0.01, commission_timeout=5, deploy_timeout=5,
-              release_timeout=5, erase=0.02)
+              release_timeout=5, erase=0.02, power_waits=(0.01, 0.01, 0.01))
 API = "/MAAS/api/2.0/"
 
 
@@ -41,6 +41,8 @@ class LabBmcDouble:
     node: str
     state: str = "off"
     reachable: bool = True
+    refuses: bool = False  # the BMC answers 401: a wrong password
+    failures: int = 0  # the next calls that fail as a busy BMC's do (HTTP 500)
     boot_fail: bool = False
     finishes: bool = True  # False: a PXE boot that never reports back
     boot_seconds: float = 0.0  # how long the lab takes before it reports
@@ -50,6 +52,12 @@ class LabBmcDouble:
     def _check(self) -> None:
         if not self.reachable:
             raise PowerError(f"Redfish BMC https://{self.node}-bmc: connection refused")
+        if self.refuses:
+            raise PowerFatalError(f"Redfish BMC https://{self.node}-bmc: returned code 401")
+        if self.failures:
+            self.failures -= 1
+            self.calls.append("failed")
+            raise PowerError(f"Redfish BMC https://{self.node}-bmc: returned code 500")
 
     def power_state(self) -> str:
         self._check()

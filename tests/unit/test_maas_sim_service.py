@@ -46,7 +46,8 @@ def service(tmp_path_factory):
     log = open(root / "service.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "lab.maas_sim", "--lab", str(lab), "--listen", "127.0.0.1",
-         "--port", str(port), "--enlist", "new", "--step", "0.05", "--poll", "0.05"],
+         "--port", str(port), "--enlist", "new", "--step", "0.05", "--poll", "0.05",
+         "--power-waits", "0.05,0.05"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/MAAS/api/2.0/"
