@@ -4,17 +4,15 @@
              off, the manifest's kernel exact and held, memlock unlimited for RDMA, sysctl,
              chrony against the cluster's NTP servers, the hostname from the inventory.
 
-Settings are host data (roles.base.settings); versions come from the node's manifest
+apt's source is the cluster mirror (roles/mirror), or host data kiln_apt_mirror where set
+(roles.base.aptsources). Settings are host data (roles.base.settings); versions come from
+the node's manifest
 (firmware/<kiln_sku>.yaml). The pinning machinery (roles.base.aptpins, operations
 `apt_index_current` and `pinned_packages`) is shared with the roles that install packages.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from pyinfra import host, inventory
@@ -23,34 +21,10 @@ from pyinfra.operations import server
 
 from roles.base import operations
 from roles.base.aptpins import Pin, PinSet
+from roles.base.aptsources import apt_source_config
 from roles.base.settings import BaseSettings, manifest_for, settings_from_data
 from roles.errors import KilnError
 from roles.manifest import Manifest
-
-ARMORED_KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
-
-
-@cache
-def signing_key(source: str) -> str:
-    """The armored signing key at `source` (http(s) URL or controller path), read once per run.
-
-    Read on the controller, so the node receives exactly these bytes and a second run
-    compares them, instead of trusting whatever a node-side download returns.
-    """
-    where = f"host data kiln_apt_mirror.key {source!r}"
-    try:
-        if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=20) as response:  # noqa: S310
-                text = response.read(1 << 20).decode("utf-8", "replace")
-        else:
-            text = Path(source).expanduser().read_text(encoding="utf-8", errors="replace")
-    except urllib.error.URLError as exc:
-        raise KilnError(f"{where}: cannot fetch: {getattr(exc, 'reason', exc)}") from None
-    except OSError as exc:
-        raise KilnError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    if ARMORED_KEY not in text:
-        raise KilnError(f"{where}: not an armored OpenPGP public key ({ARMORED_KEY!r} missing)")
-    return text if text.endswith("\n") else text + "\n"
 
 
 def _service_node_address() -> str | None:
@@ -90,14 +64,13 @@ def base() -> None:
     try:
         settings = settings_for_host()
         manifest, path = manifest_for(host.data)
-        key = signing_key(settings.apt_mirror.key)
+        apt_source = apt_source_config(settings.apt_mirror, host.data)
     except KilnError as exc:
         operations.refuse(name="Base settings and manifest", message=str(exc))
         return
     source = str(path)
     kernel = kernel_pin_set(manifest)
-    operations.apt_mirror_only(name="apt installs from the mirror only",
-                               mirror=settings.apt_mirror, key=key)
+    operations.apt_mirror_only(name="apt installs from the mirror only", config=apt_source)
     operations.unattended_upgrades_off(name="unattended-upgrades off")
     operations.apt_index_current(name="apt index has the pinned kernel",
                                  pins=[(pin.name, pin.version) for pin in kernel.pins])

@@ -33,6 +33,7 @@ from roles.base.aptpins import (
     set_name_of,
     with_companions,
 )
+from roles.base.aptsources import KEYRING, SOURCES_FILE, AptSourceConfig, sources_indexed
 from roles.base.facts import (
     AptHolds,
     AptPackageIndex,
@@ -44,15 +45,12 @@ from roles.base.facts import (
     installed_versions,
 )
 from roles.base.parsers import parse_preferences
-from roles.base.settings import AptMirror
 from roles.base.templates import render
 from roles.errors import KilnError
 from roles.parsing import ParseError
 
 logger = logging.getLogger("pyinfra")
 
-KEYRING = "/etc/apt/keyrings/kiln-mirror.asc"
-SOURCES_FILE = "/etc/apt/sources.list.d/kiln-mirror.list"
 SOURCES_LIST = "/etc/apt/sources.list"
 NO_AUTO_UPGRADES = "/etc/apt/apt.conf.d/99kiln-no-auto-upgrades"
 LIMITS_FILE = "/etc/security/limits.d/90-kiln-rdma.conf"
@@ -107,30 +105,18 @@ def preview(what: str) -> FunctionCommand:
 # --- apt sources --------------------------------------------------------------------------------
 
 
-def sources_text(mirror: AptMirror) -> str:
-    return render("base/kiln-mirror.list.j2", sources=mirror.sources, keyring=KEYRING)
-
-
-def _sources_indexed(mirror: AptMirror, policy: list[dict]) -> bool:
-    """apt has an index for every configured source (an update has run since they changed)."""
-    have = {(entry["uri"], entry["dist"]) for entry in policy}
-    return all((source.uri, f"{source.suite}/{component}") in have
-               for source in mirror.sources for component in source.components)
-
-
 @operation()
-def apt_mirror_only(mirror: AptMirror, key: str):  # noqa: ANN201
+def apt_mirror_only(config: AptSourceConfig):  # noqa: ANN201
     """apt's sources are the mirror's, signed by its key, and nothing else; index current."""
     if not node_readable():
-        yield preview("apt sources (the mirror only)")
+        yield preview(f"apt sources ({config.origin} only)")
         return
     changed = False
-    for command in files.put._inner(src=StringIO(key), dest=KEYRING, mode="644",
+    for command in files.put._inner(src=StringIO(config.key), dest=KEYRING, mode="644",
                                     create_remote_dir=True):
         changed = True
         yield command
-    for command in files.put._inner(src=StringIO(sources_text(mirror)), dest=SOURCES_FILE,
-                                    mode="644"):
+    for command in files.put._inner(src=StringIO(config.text), dest=SOURCES_FILE, mode="644"):
         changed = True
         yield command
     for path in host.get_fact(AptSourceFiles):
@@ -142,10 +128,10 @@ def apt_mirror_only(mirror: AptMirror, key: str):  # noqa: ANN201
                                         dest=SOURCES_LIST, mode="644")
         else:
             yield StringCommand("rm", "-f", shlex.quote(path))
-    if changed or not _sources_indexed(mirror, host.get_fact(AptPolicySources)):
+    if changed or not sources_indexed(config.indexes, host.get_fact(AptPolicySources)):
         yield APT_UPDATE
     else:
-        host.noop("apt uses the mirror only, and its index is current")
+        host.noop(f"apt uses {config.origin} only, and its index is current")
 
 
 @operation()

@@ -1,10 +1,12 @@
 """The base role's settings, read from pyinfra host data (group data or the inventory).
 
-    kiln_apt_mirror        {sources: [{uri, suite, components}], key}  (required)
-                           The only apt sources nodes use. `key` is the signing key of those
-                           sources: an http(s) URL or a controller path (armored OpenPGP).
-                           Until the mirror role serves the cluster, the lab points this at
-                           its vendor repository (apt/ kilnlab + os/ bookworm).
+    kiln_apt_mirror        {sources: [{uri, suite, components}], key}
+                           default: the cluster's mirror (roles/mirror: kiln_mirror_host or
+                           the first service node, its suite and signing key). Set, it names
+                           the only apt sources nodes use instead, `key` being their signing
+                           key: an http(s) URL or a controller path (armored OpenPGP); e.g. a
+                           lab pointed straight at its vendor repository (apt/ kilnlab +
+                           os/ bookworm), or a site's own mirror.
     kiln_ntp_servers       [address]      default: the first service node's address
     kiln_time_sync_sets_clock  true       false: chronyd only measures (`-x`), for machines
                            whose clock is not theirs to set (a lab node shares its host's)
@@ -91,7 +93,7 @@ class AptMirror(Strict):
 
 
 class BaseSettings(Strict):
-    apt_mirror: AptMirror
+    apt_mirror: AptMirror | None = None
     ntp_servers: Annotated[list[str], Field(min_length=1)]
     time_sync_sets_clock: bool = True
     sysctl: dict[str, str] = DEFAULT_SYSCTL

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roles.base import signing_key
-from roles.base.operations import _sources_indexed, sources_text
+from roles.base.aptsources import from_host_data, signing_key, sources_indexed
 from roles.base.parsers import parse_apt_policy_sources
 from roles.base.settings import DEFAULT_SYSCTL, AptMirror, settings_from_data
 from roles.base.templates import render
@@ -32,6 +31,7 @@ def test_defaults_and_overrides():
     assert base.sysctl == DEFAULT_SYSCTL and base.memlock == "unlimited"
     assert base.time_sync_sets_clock
     assert base.apt_mirror.sources[0].uri == "http://10.231.0.1:8081/apt"
+    assert settings().apt_mirror is None  # the cluster's mirror
     lab = settings(kiln_apt_mirror=LAB_MIRROR, kiln_ntp_servers=["10.231.0.1"],
                    kiln_sysctl={"net.ipv4.tcp_rmem": "4096  87380 134217728",
                                 "net.ipv4.conf.all.arp_ignore": 1},
@@ -50,6 +50,7 @@ def test_every_problem_names_its_data_key():
     assert "host data kiln_apt_mirror.sources[0].uri: 'ftp://x' is not an http" in problems
     assert "host data kiln_apt_mirror.extra: unknown field" in problems
     assert "host data kiln_ntp_servers: is not set" in problems
+    assert "kiln_apt_mirror: is not set" not in problems
     assert "host data kiln_memlock: 'lots'" in problems
     assert "host data kiln_hostname: 'Bad_Name' is not a valid host name" in problems
 
@@ -61,22 +62,32 @@ def test_sysctl_names_and_values_are_checked():
         settings(kiln_apt_mirror=LAB_MIRROR, kiln_sysctl={"net.core.rmem_max": True})
 
 
-def test_sources_file_names_only_the_mirror_with_its_keyring():
-    text = sources_text(AptMirror.model_validate(LAB_MIRROR))
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
+def lab_config(tmp_path, sources: list) -> object:
+    key = tmp_path / "lab-archive.asc"
+    key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n-----END PGP PUBLIC KEY "
+                   "BLOCK-----\n")
+    return from_host_data(AptMirror.model_validate({"sources": sources, "key": str(key)}))
+
+
+def test_sources_file_names_only_the_mirror_with_its_keyring(tmp_path):
+    config = lab_config(tmp_path, LAB_MIRROR["sources"])
+    lines = [line for line in config.text.splitlines() if not line.startswith("#")]
     assert lines == [
         "deb [signed-by=/etc/apt/keyrings/kiln-mirror.asc] http://10.231.0.1:8081/apt kilnlab main",
         "deb [signed-by=/etc/apt/keyrings/kiln-mirror.asc] http://10.231.0.1:8081/os bookworm "
         "main contrib",
     ]
+    assert config.indexes == (("http://10.231.0.1:8081/apt", "kilnlab/main"),
+                              ("http://10.231.0.1:8081/os", "bookworm/main"),
+                              ("http://10.231.0.1:8081/os", "bookworm/contrib"))
+    assert config.key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
 
 
-def test_sources_indexed_means_every_source_and_component_has_an_index():
-    mirror = AptMirror.model_validate({**LAB_MIRROR, "sources": LAB_MIRROR["sources"][:1]})
+def test_sources_indexed_means_every_source_and_component_has_an_index(tmp_path):
     policy = parse_apt_policy_sources(
         "Package files:\n 500 http://10.231.0.1:8081/apt kilnlab/main amd64 Packages\n")
-    assert _sources_indexed(mirror, policy)
-    assert not _sources_indexed(AptMirror.model_validate(LAB_MIRROR), policy)
+    assert sources_indexed(lab_config(tmp_path, LAB_MIRROR["sources"][:1]).indexes, policy)
+    assert not sources_indexed(lab_config(tmp_path, LAB_MIRROR["sources"]).indexes, policy)
 
 
 def test_rendered_os_files():

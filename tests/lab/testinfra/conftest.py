@@ -64,6 +64,22 @@ class Node:
         return self.data.get("kiln_sysctl") or DEFAULT_SYSCTL
 
     @property
+    def apt_indexes(self) -> set[tuple[str, str]]:
+        """(uri, "suite/component") of every apt source the node must use, and only those:
+        host data kiln_apt_mirror, else the cluster mirror (roles/mirror's settings)."""
+        mirror = self.data.get("kiln_apt_mirror")
+        if mirror:
+            return {(source["uri"].rstrip("/"), f"{source['suite']}/{component}")
+                    for source in mirror["sources"]
+                    for component in source.get("components", ["main"])}
+        from roles.mirror.settings import settings_from_data
+
+        settings = settings_from_data(self.data)
+        address = settings.host or self.service_address
+        assert address, f"{self.name}: no kiln_apt_mirror, and no mirror host or service node"
+        return {(f"{settings.http_url(address)}apt", f"{settings.suite}/main")}
+
+    @property
     def ntp_servers(self) -> list[str]:
         servers = self.data.get("kiln_ntp_servers")
         return servers or ([self.service_address] if self.service_address else [])

@@ -8,12 +8,6 @@ import re
 import pytest
 
 
-def _mirror(node) -> dict:
-    mirror = node.data.get("kiln_apt_mirror")
-    assert mirror, f"{node.name}: host data kiln_apt_mirror is not set: nothing to compare with"
-    return mirror
-
-
 def test_apt_sources_are_the_mirror_only(node):
     listed = node.host.check_output(
         "find /etc/apt/sources.list.d -maxdepth 1 -type f \\( -name '*.list' -o -name "
@@ -22,9 +16,7 @@ def test_apt_sources_are_the_mirror_only(node):
     legacy = node.host.file("/etc/apt/sources.list")
     if legacy.exists:
         assert not re.search(r"^\s*deb", legacy.content_string, re.MULTILINE)
-    expected = {(source["uri"].rstrip("/"), f"{source['suite']}/{component}")
-                for source in _mirror(node)["sources"]
-                for component in source.get("components", ["main"])}
+    expected = node.apt_indexes
     policy = node.host.check_output("apt-cache policy")
     indexed = set(re.findall(r"^\s*-?\d+\s+(\S+://\S+?)/?\s+(\S+)\s+\S+\s+Packages$", policy,
                              re.MULTILINE))
