@@ -3,7 +3,7 @@ pins, with pytest-testinfra, never from kiln's own record.
 
     pytest tests/lab/testinfra --kiln-inventory inventory/lab.py --kiln-limit gpu-006,gpu-007
     pytest tests/lab/testinfra --kiln-inventory inventory/prod.py --kiln-limit rack_r01
-    pytest tests/lab/testinfra --hosts ssh://root@10.0.0.5 --kiln-sku hgx-h100-sxm
+    pytest tests/lab/testinfra --hosts ssh://root@10.0.0.5 --kiln-sku hgx-h100-sxm [--kiln-role gpu]
 
 --kiln-inventory loads a pyinfra inventory file (with its group data) exactly as pyinfra
 does, and connects to each host the way pyinfra would (ssh_hostname, ssh_user, ssh_port,
@@ -93,6 +93,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="extra host data, as pyinfra --data")
     group.addoption("--kiln-firmware-dir", help="directory of the manifests (<sku>.yaml)")
     group.addoption("--kiln-sku", help="the manifest of --hosts given without an inventory")
+    group.addoption("--kiln-role", default="gpu", choices=("gpu", "service"),
+                    help="the role of --hosts given without an inventory (default gpu)")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -155,7 +157,8 @@ def _plain_hosts(
         raise pytest.UsageError("--hosts without --kiln-inventory needs --kiln-sku")
     hosts = []
     for spec in _option(config, "hosts").split(","):
-        data = {"kiln_sku": sku, "kiln_testinfra_spec": spec, **_override_data(config)}
+        data = {"kiln_sku": sku, "kiln_role": _option(config, "kiln_role"),
+                "kiln_testinfra_spec": spec, **_override_data(config)}
         hosts.append((spec.split("://")[-1].split("@")[-1].split(":")[0], data, set()))
     return hosts, None
 
