@@ -38,6 +38,9 @@ from lab.tls import ensure_ca, issue_cert
 
 UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl"]
 LAB_MANIFEST = Path(__file__).resolve().parents[1] / "firmware" / "lab.yaml"
+# kiln's own records about this lab's nodes (the lab inventory points the ledger and the
+# file pool here).
+LAB_RECORDS = ("kiln.db", "pool.yaml")
 SSH_TIMEOUT = 60.0
 
 Log = Callable[[str], None]
@@ -103,6 +106,9 @@ def up(
         if _running_state(lab) is not None or services.running_any(lab):
             raise LabError(f"the lab in {lab} is already up (kiln lab status); kiln lab down first")
         _teardown(lab)  # leftovers of a crashed run
+        # A new lab is a new rack: kiln's record of the last one's nodes does not apply.
+        for record in LAB_RECORDS:
+            (lab / record).unlink(missing_ok=True)
         base = ensure_base(lab, log)
         key = ensure_ssh_key(lab)
         state = LabState(

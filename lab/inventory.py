@@ -42,6 +42,9 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
             "ca_bundle": state.tls_ca,
             "credentials": "bmc",
         }
+        if node.bmc["protocol"] == "ipmi":
+            # ipmi_sim ignores the cipher-suite query: name suite 3 or wait ~10 s per call.
+            data["kiln_bmc"]["cipher_suite"] = 3
     if "maas" in state.endpoints:
         data["kiln_maas_server"] = {"url": state.endpoints["maas"], "verify_tls": True,
                                     "ca_bundle": None, "credentials": "maas"}

@@ -49,6 +49,9 @@ class BMC(Strict):
     ca_bundle: str | None = None
     # Which credential entry to use (secrets file key / env var prefix); default "bmc".
     credentials: str = "bmc"
+    # IPMI only: the RMCP+ cipher suite (ipmitool -C). Some BMCs do not answer ipmitool's
+    # cipher-suite query, and each call then waits for it to time out.
+    cipher_suite: Annotated[int, Field(ge=0, le=17)] | None = None
 
     @field_validator("address")
     @classmethod

@@ -140,7 +140,10 @@ def check_bmc(data: Any) -> str:
     from roles.bmc import connect
 
     bmc = connect(data)
-    return bmc.power_state()
+    try:
+        return bmc.power_state()
+    finally:
+        bmc.close()
 
 
 # -- one node's provisioning, on the controller ---------------------------------------------
@@ -198,7 +201,7 @@ def _provision_node(state: State, host: Host, image: OSImage) -> bool:
         run.record_changes(outcome, f"deployed {_image(image)}")
     except (KilnError, OSError) as exc:
         return run.fail(f"provision: {exc}")
-    run.progress(f"{run.node}: {outcome.summary}")
+    run.progress(outcome.summary)
     return True
 
 
@@ -264,7 +267,7 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
         machine = run.client.find(run.identity)
         outcome = released(run.client, machine, erase=True, waiter=run.waiter,
                            timeout=RELEASE_TIMEOUT)
-        run.progress(f"{run.node}: {outcome.summary}")
+        run.progress(outcome.summary)
         outcome = commissioned(run.client, outcome.machine, recommission=True,
                                waiter=run.waiter, timeout=COMMISSION_TIMEOUT)
         run.record_changes(outcome, "recommissioned")
@@ -273,7 +276,7 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
         run.record_changes(outcome, "redeployed")
     except (KilnError, OSError) as exc:
         return run.fail(f"reprovision: {exc}")
-    run.progress(f"{run.node}: {outcome.summary}")
+    run.progress(outcome.summary)
     return True
 
 

@@ -1,8 +1,12 @@
-"""The lab for lab tests: one session-wide lab (8 GPU nodes + 1 service node), torn down at end.
+"""The lab for lab tests, in the shape each test module needs, torn down at the end.
 
-The lab is global to the machine (bridge kilnbr0, netns kiln-*), so every lab test in the
-session shares this one. The base root filesystem is built first if it is not cached, so
-the printed bring-up time is the cached-base time the lab promises (under a minute).
+The lab is global to the machine (bridge kilnbr0, netns kiln-*), so there is one at a time.
+Most modules use `lab`: 8 GPU nodes + 1 service node, started `--deployed` (imaged and
+running). Provisioning tests ask for a new rack (`lab_shapes.new_rack(...)`: nodes New in
+MAAS, blank and powered off); the next module that uses `lab` gets the deployed lab back.
+A shape is brought up only when it is not the one running. The base root filesystem is
+built first if it is not cached, so the printed bring-up time is the cached-base time the
+lab promises (under a minute).
 """
 
 from __future__ import annotations
@@ -57,17 +61,49 @@ def ssh(state: LabState, node: str, command: str, check: bool = True) -> str:
     return result.stdout
 
 
-def bring_up() -> float:
-    """`kiln lab up` of the test shape; returns the seconds it took."""
+def bring_up(*args: str) -> float:
+    """`kiln lab up` of the test shape (or of `args`); returns the seconds it took."""
     started = time.monotonic()
-    kiln_lab(
-        "up", "--deployed", "--nodes", str(GPU_NODES), "--service-nodes", str(SERVICE_NODES)
-    )
+    kiln_lab("up", *(args or DEPLOYED_SHAPE))
     return time.monotonic() - started
 
 
+DEPLOYED_SHAPE = ("--deployed", "--nodes", str(GPU_NODES), "--service-nodes",
+                  str(SERVICE_NODES))
+
+
+class LabShapes:
+    """Which lab runs now; `ensure` brings up another shape only when asked for one."""
+
+    def __init__(self) -> None:
+        self.current: tuple[str, ...] | None = None
+
+    def ensure(self, shape: tuple[str, ...]) -> LabState:
+        if self.current != shape:
+            kiln_lab("down")
+            self.current = None
+            seconds = bring_up(*shape)
+            TIMINGS.append(f"kiln lab up {' '.join(shape)}: {seconds:.1f} s (cached base)")
+            self.current = shape
+        return load_state()
+
+    def deployed(self) -> LabState:
+        return self.ensure(DEPLOYED_SHAPE)
+
+    def new_rack(self, gpu_nodes: int, service_nodes: int, faults: Path | None = None,
+                 ) -> LabState:
+        shape = ("--nodes", str(gpu_nodes), "--service-nodes", str(service_nodes))
+        if faults is not None:
+            shape += ("--faults", str(faults))
+        return self.ensure(shape)
+
+    def forget(self) -> None:
+        """A test changed the lab beyond its shape (reimaged nodes): start afresh next time."""
+        self.current = None
+
+
 @pytest.fixture(scope="session")
-def lab() -> LabState:
+def lab_shapes() -> LabShapes:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (namespaces, mounts, bridge); CI runs them as root")
     from lab.rootfs import ensure_base
@@ -75,10 +111,15 @@ def lab() -> LabState:
     # Tests own the machine's lab: a lab left running by someone else is stopped first.
     kiln_lab("down")
     ensure_base(lab_dir())
-    seconds = bring_up()
-    TIMINGS.append(f"{GPU_NODES + SERVICE_NODES} nodes up in {seconds:.1f} s (cached base)")
-    yield load_state()
+    shapes = LabShapes()
+    yield shapes
     kiln_lab("down")
+
+
+@pytest.fixture(scope="module")
+def lab(lab_shapes: LabShapes) -> LabState:
+    """The deployed lab: 8 GPU + 1 service node, imaged and running."""
+    return lab_shapes.deployed()
 
 
 @pytest.fixture(scope="session")

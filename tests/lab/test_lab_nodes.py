@@ -161,7 +161,7 @@ def _lab_traces(lab_dir: str, netns_inodes: set[int]) -> dict[str, list[str]]:
     }
 
 
-def test_down_leaves_no_namespace_mount_veth_or_process(lab, labtools, ssh, kiln_lab):
+def test_down_leaves_no_namespace_mount_veth_or_process(lab, lab_shapes, ssh, kiln_lab):
     node_pids = []
     for node in lab.nodes:
         out = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True)
@@ -180,7 +180,7 @@ def test_down_leaves_no_namespace_mount_veth_or_process(lab, labtools, ssh, kiln
     # Idempotent: a second down finds nothing to do and says so without error.
     assert kiln_lab("down").returncode == 0
 
-    labtools.bring_up()  # the session's lab, back for the tests that follow
+    lab_shapes.forget()  # the next module that needs a lab brings one up
 
 
 def _alive(pid: int) -> bool:

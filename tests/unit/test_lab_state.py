@@ -100,7 +100,8 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
         "kiln_maas": {"system_id": None, "hostname": "svc-001"},
         # Service nodes are managed over IPMI in the lab; its BMC is on the 10.231.1.x side.
         "kiln_bmc": {"address": "10.231.1.13", "protocol": "ipmi", "port": 623,
-                     "verify_tls": True, "ca_bundle": None, "credentials": "bmc"},
+                     "verify_tls": True, "ca_bundle": None, "credentials": "bmc",
+                     "cipher_suite": 3},
         "kiln_maas_server": {"url": "http://10.231.0.1:5240/MAAS/", "verify_tls": True,
                              "ca_bundle": None, "credentials": "maas"},
         "kiln_ufm_server": {"url": "https://10.231.0.1:8443/", "verify_tls": True,
