@@ -6,9 +6,9 @@
 
 apt's source is the cluster mirror (roles/mirror), or host data kiln_apt_mirror where set
 (roles.base.aptsources). Settings are host data (roles.base.settings); versions come from
-the node's manifest
-(firmware/<kiln_sku>.yaml). The pinning machinery (roles.base.aptpins, operations
-`apt_index_current` and `pinned_packages`) is shared with the roles that install packages.
+the node's manifest (firmware/<kiln_sku>.yaml). The pinning machinery (roles.base.aptpins,
+operations `apt_index_current` and `pinned_packages`) is shared with the roles that install
+packages.
 """
 
 from __future__ import annotations
