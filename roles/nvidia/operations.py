@@ -13,6 +13,7 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
+from pyinfra.context import state as current_state
 
 from roles.base.facts import DebPackages, ServiceStates, installed_versions
 from roles.base.operations import failure, node_readable, preview
@@ -96,7 +97,8 @@ def driver_running(version: str, package: str, activation: str,  # noqa: ANN201
         return
     # Through the BMC, not `reboot`: it works when the OS cannot (a hung driver unload), and
     # the next operations read the node as it comes back from the new boot.
-    logger.info(f"{host.print_prefix}{situation}: rebooting through the BMC")
+    if current_state.is_executing:  # a preview only lists the reboot
+        logger.info(f"{host.print_prefix}{situation}: rebooting through the BMC")
     yield from bmc_operations.reboot_commands()
 
 
