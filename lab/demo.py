@@ -19,25 +19,29 @@ PYINFRA = Path(sys.executable).with_name("pyinfra")
 
 
 def _ensure_lab() -> None:
+    """A lab that is up (new rack or deployed) is used as it is; otherwise a new rack."""
     try:
-        state = load_state()
+        load_state()
     except StateError:
-        state = None
-    if state is None or not any(node.state == "running" for node in state.nodes):
         cluster.up(gpu_nodes=4, service_nodes=1)
 
 
 def run(args: argparse.Namespace) -> int:
     _ensure_lab()
     print("kiln demo: pyinfra -y inventory/lab.py deploy/bringup.py", flush=True)
-    result = subprocess.run(
+    process = subprocess.Popen(
         [str(PYINFRA), "-y", "inventory/lab.py", "deploy/bringup.py"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
-    output = result.stdout + result.stderr
-    sys.stdout.write(output)
+    lines = []
+    for line in process.stdout:  # shown as it comes: imaging takes a while
+        sys.stdout.write(line)
+        lines.append(line)
+    result = subprocess.CompletedProcess(process.args, process.wait())
+    output = "".join(lines)
     stopped = sorted({line.split("stage '")[1].split("'")[0]
                       for line in output.splitlines() if "is not built yet" in line})
     print("\nkiln demo: summary")

@@ -55,11 +55,30 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
         # The lab's own credentials file wins over group data's /etc/kiln/secrets.yaml.
         data["kiln_secrets_file"] = state.secrets_file
     data.update(lab_mirror_data(state, node))
+    data.update(lab_base_data(state))
     lab = state.lab_dir
     # The ledger and the pool of this lab, beside it (not the checkout's state/).
     data["kiln_ledger"] = f"{lab}/kiln.db"
     data["kiln_pool_file"] = f"{lab}/pool.yaml"
     return data
+
+
+def lab_base_data(state: LabState) -> dict[str, Any]:
+    """roles/base settings for nodes that share the host's kernel and clock.
+
+    A lab node is a network namespace, not a machine: only netns-local sysctls can be set
+    (no numa_balancing, no neigh.gc_thresh*), and chronyd must not set the host's clock.
+    """
+    return {
+        "kiln_ntp_servers": [state.network.get("gateway", "10.231.0.1")],
+        "kiln_time_sync_sets_clock": False,
+        "kiln_sysctl": {
+            "net.ipv4.conf.all.arp_ignore": "1",
+            "net.ipv4.conf.all.arp_announce": "2",
+            "net.ipv4.tcp_rmem": "4096 87380 134217728",
+            "net.ipv4.tcp_wmem": "4096 65536 134217728",
+        },
+    }
 
 
 def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
@@ -74,6 +93,8 @@ def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
         "kiln_mirror_firmware_upstream": f"{VENDOR_REPO_URL}firmware/",
         "kiln_mirror_base_status": f"{lab}/base/var/lib/dpkg/status",
         "kiln_mirror_state": f"{lab}/mirror-state",
+        # roles/base installs chrony, and apt sees only the mirror once base has run.
+        "kiln_mirror_os_packages": ["chrony"],
     }
     if state.tls_ca:
         data["kiln_mirror_ca"] = state.tls_ca

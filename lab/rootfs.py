@@ -44,7 +44,7 @@ PACKAGES = [
     "systemctl",  # docker-systemctl-replacement: runs unit files without systemd as PID 1
 ]
 # Bump when the tweaks in _customize() change: a new number rebuilds the cached base.
-TWEAKS_VERSION = 1
+TWEAKS_VERSION = 2
 
 SSHD_CONFIG = """\
 # kiln lab node: key-only root login with the lab's key; no DNS lookups (no DNS in the lab).
@@ -185,6 +185,15 @@ def _customize(root: Path) -> None:
     # The node's init starts sshd itself (before any unit), so the ssh unit is not also
     # started by `systemctl default`; `systemctl restart ssh` still works on a node.
     (root / "etc/systemd/system/multi-user.target.wants/ssh.service").unlink(missing_ok=True)
+    # The unit manager here (docker-systemctl-replacement) does not take chrony.service's
+    # `ExecStart=!...` (systemd's run-with-full-privileges prefix) nor its User= handover:
+    # run chronyd as Debian's own init script does, once it is installed.
+    dropin = root / "etc/systemd/system/chrony.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "kiln-lab.conf").write_text(
+        "# kiln lab: the node's unit manager is not systemd (lab/README.md)\n"
+        "[Service]\nUser=\nExecStart=\nExecStart=/usr/sbin/chronyd $DAEMON_OPTS\n"
+    )
 
 
 def _remove_tree(path: Path) -> None:

@@ -7,3 +7,7 @@ kiln_secrets_file = "/etc/kiln/secrets.yaml"
 
 # Manifests (firmware/<sku>.yaml) and the ledger.
 kiln_ledger = "state/kiln.db"
+
+# Debian packages the roles install besides the manifests' pins, mirrored with their
+# dependencies (nodes install only from the mirror): roles/base's time sync.
+kiln_mirror_os_packages = ["chrony"]

@@ -215,9 +215,13 @@ def machine_deployed():  # noqa: ANN201 - pyinfra operation generator
         client = client_for_host(data)
         machine = client.find(identity_for_host(data))
     except (KilnError, OSError) as exc:
-        # The command reports it (and fails the host) when it runs; a preview says so now.
+        # The command reports it (and fails the host) when it runs. A preview says so now,
+        # and plans nothing after it: a node MAAS cannot vouch for cannot be read.
         if current_state.check_for_changes:
-            current_host.log_styled(f"provision: {exc}", fg="yellow", log_func=logger.warning)
+            _PREVIEW_UNDEPLOYED.add(node)
+            current_host.log_styled(
+                f"provision: cannot ask MAAS whether it is deployed ({exc}); its later stages "
+                "are planned once it can be read", fg="yellow", log_func=logger.warning)
         yield FunctionCommand(_provision_node, (image,), {})
         return
     if machine.status == Status.DEPLOYED and has_image(machine, image):

@@ -65,21 +65,11 @@ def data_args(option: str, data: dict) -> list[str]:
     return args
 
 
-# The lab's unit manager (bookworm's systemctl replacement, not systemd) refuses chrony.service
-# ("ExecStart=!/usr/sbin/chronyd": the "!" prefix is systemd's), so a lab node would boot
-# without chronyd. Until the lab image carries this drop-in (lab/rootfs.py), the test puts it
-# on its nodes: root starts chronyd, which drops to _chrony itself, as "!" means on systemd.
-LAB_CHRONY_DROPIN = (
-    "mkdir -p /etc/systemd/system/chrony.service.d && printf '%s' '[Service]\nUser=\n"
-    "ExecStart=\nExecStart=/usr/sbin/chronyd $DAEMON_OPTS\n' "
-    "> /etc/systemd/system/chrony.service.d/kiln-lab.conf"
-)
-
-
 @pytest.fixture(scope="module")
 def stack(lab, labtools, tmp_path_factory):
+    # chronyd starts under the lab's unit manager through the image's drop-in (lab/rootfs.py).
     for node in NODES:
-        labtools.ssh(lab, node, LAB_CHRONY_DROPIN)
+        labtools.ssh(lab, node, "test -f /etc/systemd/system/chrony.service.d/kiln-lab.conf")
 
     class Stack:
         data = lab_data(lab)

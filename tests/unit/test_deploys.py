@@ -16,16 +16,18 @@ def pyinfra(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_bringup_dry_run_lists_every_stage_in_order():
+def test_a_preview_without_maas_plans_only_provisioning_and_says_why():
+    """The example inventory's MAAS credentials are not on this machine: nothing can tell
+    whether a node has an OS, so nothing is read from the nodes and no later stage is
+    planned; the preview still succeeds and names the cause. (The full plan, stage by
+    stage, is checked on the lab: tests/lab/test_bringup.py.)"""
     result = pyinfra("--dry", "inventory/prod.py", "deploy/bringup.py")
-    assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
-    positions = [output.index(f"    {stage}") for stage in STAGES]
-    assert positions == sorted(positions)
-    # GPU-only stages run on the four GPU nodes, the mirror on the service node only
-    mirror_lines = [line for line in output.splitlines() if line.strip().startswith("Mirror")]
-    assert mirror_lines and all("1 (svc-001)" in line for line in mirror_lines)
-    assert "4 (gpu-001, gpu-002, gpu-017, gpu-018)" in output
+    assert result.returncode == 0, output[-2000:]
+    for node in ("gpu-001", "gpu-002", "gpu-017", "gpu-018", "svc-001", "ufm-001"):
+        assert f"[{node}] provision: cannot ask MAAS whether it is deployed" in output
+    assert "6 (gpu-001, gpu-002, gpu-017, gpu-018, svc-001, ...)" in output
+    assert "    Provision" in output and "    Base" not in output
 
 
 @pytest.mark.parametrize("deploy", ["deploy/reprovision.py", "deploy/audit.py"])
