@@ -62,6 +62,17 @@ def maas_requests(state: LabState) -> list:
     return read_requests(Path(state.lab_dir) / "maas" / "requests.jsonl")
 
 
+def test_a_preview_lists_undeployed_nodes_as_will_be_imaged(rack):
+    """Before anything is imaged: no SSH is attempted, and the plan says what will happen."""
+    preview = subprocess.run([str(PYINFRA), "--dry", "inventory/lab.py", "deploy/bringup.py"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = preview.stdout + preview.stderr
+    assert preview.returncode == 0, output[-3000:]
+    for node in HEALTHY + [BOOT_FAIL]:
+        assert f"[{node}] {node}: will be imaged (MAAS: New)" in output, output[-3000:]
+    assert "6 (gpu-001, gpu-002, gpu-003, gpu-004, gpu-005, ...)" in output
+
+
 def test_a_new_rack_is_deployed_and_reachable_over_ssh(rack, first_run, labtools):
     output = first_run.stdout + first_run.stderr
     assert first_run.returncode != 0  # two nodes failed, and the exit code says so
