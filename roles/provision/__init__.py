@@ -233,7 +233,7 @@ def machine_deployed():  # noqa: ANN201 - pyinfra operation generator
     if current_state.check_for_changes:
         _PREVIEW_UNDEPLOYED.add(node)
         current_host.log_styled(
-            f"{node}: will be imaged (MAAS: {machine.describe_status()})", fg="yellow",
+            f"{node}: will be imaged (MAAS: {machine.status_name})", fg="yellow",
             log_func=logger.info,
         )
     yield FunctionCommand(_provision_node, (image,), {})

@@ -24,7 +24,10 @@ class FilePower:
         data = self._load()
         data["state"] = state
         data["calls"].append(call)
-        self.record.write_text(json.dumps(data))
+        # Atomically: the test reads the record while ipmi_sim's chassis program writes it.
+        tmp = self.record.with_name(self.record.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.record)
 
     def power_state(self, name: str) -> str:
         return self._load()["state"]

@@ -85,6 +85,10 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
     assert mirror["kiln_mirror_firmware_upstream"] == "http://10.231.0.1:8081/firmware/"
     assert data.pop("kiln_ledger") == str(tmp_path / "kiln.db")
     assert data.pop("kiln_pool_file") == str(tmp_path / "pool.yaml")
+    # Lab nodes are network namespaces sharing the host's kernel and clock.
+    assert data.pop("kiln_ntp_servers") == ["10.231.0.1"]
+    assert data.pop("kiln_time_sync_sets_clock") is False
+    assert all(key.startswith("net.") for key in data.pop("kiln_sysctl"))
     assert data == {
         "ssh_hostname": "10.231.0.13",
         "ssh_user": "root",
