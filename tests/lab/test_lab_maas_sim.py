@@ -5,16 +5,14 @@ deploy's user_data carried; gpu-002, whose image never boots (fault boot-fail), 
 Failed deployment. Spoken to over HTTP with requests and OAuth1 PLAINTEXT, not kiln's
 client: the thing under test is the simulator.
 
-This module needs a lab that is NOT deployed, unlike the session's `lab` fixture, so it
-brings up its own small one (2 GPU + 1 service node) and, when the session lab was up
-before, brings that back afterwards.
+The lab is a new rack (not deployed) of 2 GPU nodes and 1 service node, from the session's
+`lab_shapes`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +24,6 @@ from requests_oauthlib import OAuth1
 
 from lab.credentials import read_lab_secrets
 from lab.maas_sim.openapi_check import check_requests, read_requests
-from lab.state import StateError, load_state
 
 pytestmark = pytest.mark.lab
 
@@ -35,36 +32,16 @@ BROKEN = "gpu-002"  # its image does not boot
 TIMEOUT = 600  # seconds a transition may take here; MAAS's own deadlines are longer
 
 
-def _session_lab_is_up() -> bool:
-    try:
-        state = load_state()
-    except StateError:
-        return False
-    return any(n.state == "running" for n in state.nodes)
-
-
 @pytest.fixture(scope="module")
-def new_rack(labtools, tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (namespaces, mounts, bridge); CI runs them as root")
-    restore = _session_lab_is_up()
+def new_rack(lab_shapes, tmp_path_factory):
     faults = tmp_path_factory.mktemp("faults") / "faults.yaml"
     faults.write_text(f"faults:\n  - {{node: {BROKEN}, kind: boot-fail, first_ok: 0}}\n")
-    labtools.kiln("down")
-    started = time.monotonic()
-    labtools.kiln("up", "--nodes", "2", "--service-nodes", "1", "--faults", str(faults))
-    print(f"\nnew rack of 3 nodes up in {time.monotonic() - started:.1f} s")
-    state = load_state()
-    key_dir = tmp_path_factory.mktemp("ssh")
-    key = key_dir / "id_ed25519"
+    state = lab_shapes.new_rack(2, 1, faults)
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "maas-sim-test",
                     "-f", str(key)], check=True)
-    try:
-        yield state, key
-    finally:
-        labtools.kiln("down")
-        if restore:
-            labtools.bring_up()  # the session's deployed lab, for the modules after this one
+    yield state, key
+    lab_shapes.forget()  # machines were reimaged: not a fresh new rack any more
 
 
 class Maas:
