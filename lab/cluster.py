@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,9 +219,29 @@ def _teardown(lab: Path) -> None:
         stub = NodeState(name=pid_file.parent.name, role="gpu", index=0, address="")
         Node(lab, stub).power_off()
     integrations.stop_simulators(lab)
+    _kill_strays(lab)
     netns.delete_all()
     _unmount_under(lab)
     integrations.stop_vendor_repo(lab)
+
+
+def _kill_strays(lab: Path) -> None:
+    """The safety net after the services' own stop: any process whose command line names
+    the lab directory (a BMC emulator or ipmi_sim left by a failed start) is the lab's."""
+    marker = str(lab.resolve()).encode()
+    own = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == own:
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.startswith(marker) for arg in argv[1:]):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def lab_mounts(lab: Path) -> list[str]:
