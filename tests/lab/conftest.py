@@ -82,7 +82,16 @@ class LabShapes:
         if self.current != shape:
             kiln_lab("down")
             self.current = None
-            seconds = bring_up(*shape)
+            try:
+                seconds = bring_up(*shape)
+            except AssertionError as first:
+                # Known flake, root cause not found: now and then the IPMI BMC's ipmi_sim
+                # never binds right after another lab stopped (lab/bmc/ipmi.py). The
+                # failure is kept in the timings report; a second `up` is tried once.
+                TIMINGS.append(f"kiln lab up {' '.join(shape)} failed once: "
+                               f"{str(first).splitlines()[-1]}")
+                kiln_lab("down")
+                seconds = bring_up(*shape)
             TIMINGS.append(f"kiln lab up {' '.join(shape)}: {seconds:.1f} s (cached base)")
             self.current = shape
         return load_state()
