@@ -185,16 +185,23 @@ def start(lab: Path, node: str, address: str, port: int, username: str, password
     argv = ["ipmi_sim", "-c", str(lan_conf), "-f", str(emu), "-s", str(state), "-n"]
     # Seen in CI now and then: an ipmi_sim that never binds right after another lab's was
     # stopped (root cause not found): it is started again, up to ATTEMPTS times.
+    outcomes = []
     for _attempt in range(ATTEMPTS):
         pid = services.start(lab, service_name(node), argv, env={"KILN_LAB_DIR": str(lab)})
         deadline = time.monotonic() + timeout
         while not udp_bound(address, port):
-            if not services.running(lab, service_name(node)) or time.monotonic() > deadline:
+            if not services.running(lab, service_name(node)):
+                outcomes.append("exited")
+                break
+            if time.monotonic() > deadline:
+                outcomes.append(f"not bound after {timeout:.0f} s")
                 services.stop(lab, service_name(node))
                 break
             time.sleep(0.1)
         else:
             return pid
+    # What each start did is in the message: the next one to see this can tell a crash
+    # from a bind that never happened.
     raise IpmiError(f"ipmi_sim of {node} is not listening on {address} UDP {port} after "
-                    f"{ATTEMPTS} starts; see "
+                    f"{ATTEMPTS} starts ({', '.join(outcomes)}); see "
                     f"{services.services_dir(lab) / (service_name(node) + '.log')}")

@@ -179,11 +179,18 @@ class NodeRun:
         follow(self.ledger, self.node, outcome.machine, why)
 
 
-def _provision_node(state: State, host: Host, image: OSImage) -> bool:
+def _start(state: State, host: Host, what: str) -> NodeRun | None:
+    """The node's run, or None (the host failed, with why) when its settings are wrong."""
     try:
-        run = NodeRun(state, host)
+        return NodeRun(state, host)
     except (KilnError, OSError) as exc:
-        host.log_styled(f"provision: {exc}", fg="red", log_func=logger.error)
+        host.log_styled(f"{what}: {exc}", fg="red", log_func=logger.error)
+        return None
+
+
+def _provision_node(state: State, host: Host, image: OSImage) -> bool:
+    run = _start(state, host, "provision")
+    if run is None:
         return False
     try:
         check_bmc(run.data)
@@ -258,10 +265,8 @@ def provision() -> None:
 
 
 def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
-    try:
-        run = NodeRun(state, host)
-    except (KilnError, OSError) as exc:
-        host.log_styled(f"reprovision: {exc}", fg="red", log_func=logger.error)
+    run = _start(state, host, "reprovision")
+    if run is None:
         return False
     try:
         if pool_for(run.data).drain(run.node, "reprovisioning"):

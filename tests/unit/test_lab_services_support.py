@@ -14,7 +14,7 @@ import pytest
 
 from lab import netboot, services
 from lab.credentials import ensure_lab_secrets, read_lab_secrets
-from lab.state import LabState, parse_state, plan_nodes
+from lab.state import LabState, StateError, parse_state, plan_nodes
 from lab.tls import ensure_ca, issue_cert
 from roles.secrets import lookup
 
@@ -130,7 +130,7 @@ def test_state_round_trips_disk_and_bmc():
 def test_state_rejects_an_unknown_disk():
     state = LabState(lab_dir="/x", ssh_key="/x/k", nodes=plan_nodes(1, 0))
     text = state.to_json().replace('"installed"', '"wiped"')
-    with pytest.raises(Exception, match="gpu-001: disk 'wiped'"):
+    with pytest.raises(StateError, match="gpu-001: disk 'wiped'"):
         parse_state(text)
 
 
