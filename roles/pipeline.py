@@ -7,7 +7,7 @@ from roles.burnin import burnin
 from roles.firmware import firmware
 from roles.gate import gate
 from roles.health import health
-from roles.infiniband import infiniband
+from roles.infiniband import infiniband, ofed
 from roles.kraken import kraken
 from roles.mirror import mirror_clients
 from roles.nvidia import nvidia
@@ -19,6 +19,8 @@ def configure_and_gate() -> None:
     mirror_clients()
     base()
     if "gpu" in host.groups:
+        # OFED before the driver: nvidia-peermem is built against the RDMA stack it finds.
+        ofed()
         nvidia()
         infiniband()
     firmware()

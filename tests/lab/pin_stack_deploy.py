@@ -1,4 +1,5 @@
-"""Bring-up's pinning stages alone: base, then NVIDIA on GPU nodes (tests/lab/test_pin_stack.py).
+"""Bring-up's pinning stages alone: base, then OFED and NVIDIA on GPU nodes
+(tests/lab/test_pin_stack.py).
 
     pyinfra -y inventory/lab.py tests/lab/pin_stack_deploy.py --limit gpu-006,gpu-007
 """
@@ -6,8 +7,10 @@
 from pyinfra import host
 
 from roles.base import base
+from roles.infiniband import ofed
 from roles.nvidia import nvidia
 
 base()
 if "gpu" in host.groups:
+    ofed()
     nvidia()

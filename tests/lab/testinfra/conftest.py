@@ -28,6 +28,7 @@ import pytest
 import testinfra
 
 from roles.base.settings import DEFAULT_SYSCTL, manifest_for
+from roles.infiniband.pinsets import ofed_keys
 from roles.manifest import Manifest
 from roles.nvidia.pinsets import nvidia_keys
 
@@ -192,7 +193,7 @@ def _pins(manifest: Manifest) -> dict[str, tuple[str, str, bool]]:
     """Manifest field -> (package, version, held) for what the pinning stages install."""
     pins = {f"os.kernel:{name}": (name, version, True)
             for name, version in manifest.os.kernel.packages.items()}
-    for key in nvidia_keys():
+    for key in (*ofed_keys(), *nvidia_keys()):
         pin = manifest.packages.get(key)
         if pin is not None:
             pins[f"packages.{key}"] = (pin.name, pin.version, pin.hold)
