@@ -105,6 +105,10 @@ def build_plan(
     for image in settings.images:
         _add(items, FetchItem(url=image.url, path=f"images/{image.file}", sha256=image.sha256,
                               size=image.size, source=f"kiln_mirror_images {image.file}"))
+    for component, image in sorted(settings.kraken_images.items()):
+        _add(items, FetchItem(url=image.url, path=f"images/{image.file}", sha256=image.sha256,
+                              size=image.size,
+                              source=f"kiln_kraken_images {component} {image.ref}"))
     wheels: dict[str, str] = {}
     for wheel in settings.wheels:
         try:
@@ -139,9 +143,9 @@ def build_plan(
     generated.setdefault(posixpath.join(POOL, "SHA256SUMS"), b"")
 
     notes = []
-    if not settings.images:
-        notes.append("no container images pinned (kiln_mirror_images is empty; the manifests "
-                     "do not pin Kraken's images yet)")
+    if not settings.images and not settings.kraken_images:
+        notes.append("no container images pinned (kiln_mirror_images is empty, and "
+                     "kiln_kraken_images pins none of Kraken's)")
     if not settings.wheels:
         notes.append("no wheels: nodes run no Python package from kiln (kiln_mirror_wheels empty)")
     return FillPlan(

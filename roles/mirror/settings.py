@@ -16,6 +16,8 @@ Every key is `kiln_mirror_<field>`; a bad value is reported as `host data kiln_m
     kiln_mirror_os_packages     Debian packages roles install besides the manifests' pins
     kiln_mirror_images          [{url, sha256, file, size?}] container image archives
     kiln_mirror_wheels          [{url, sha256, file, size?}] Python wheels/sdists for pypi/
+    kiln_kraken_images          {component: {ref, url, sha256, file, size?}} Kraken's image
+                                archives (roles/kraken), fetched into images/ like the above
     kiln_mirror_arch            amd64               the nodes' dpkg architecture
     kiln_mirror_suite           kiln                the mirror's apt suite
     kiln_firmware_dir           firmware            controller: the manifests (<sku>.yaml)
@@ -78,6 +80,19 @@ class UpstreamFile(Strict):
         return value
 
 
+class ImageArchive(UpstreamFile):
+    """A container image archive (`docker save` / OCI archive) and the reference it loads as."""
+
+    ref: str
+
+    @field_validator("ref")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or ":" not in value.rsplit("/", 1)[-1]:
+            raise ValueError(f"{value!r} is not an image reference with a tag (name:tag)")
+        return value
+
+
 class MirrorSettings(Strict):
     root: str = "/srv/kiln-mirror"
     state: str = "state/mirror"
@@ -93,6 +108,7 @@ class MirrorSettings(Strict):
     os_packages: list[str] = []
     images: list[UpstreamFile] = []
     wheels: list[UpstreamFile] = []
+    kraken_images: dict[str, ImageArchive] = {}
     arch: str = "amd64"
     suite: str = "kiln"
     firmware_dir: str = "firmware"
@@ -122,8 +138,12 @@ class MirrorSettings(Strict):
         return f"https://{host}{port}/"
 
 
+# Fields read from another role's keys: the mirror fetches what those roles pin.
+_FOREIGN_KEYS = {"firmware_dir": "kiln_firmware_dir", "kraken_images": "kiln_kraken_images"}
+
+
 def data_key(field: str) -> str:
-    return "kiln_firmware_dir" if field == "firmware_dir" else PREFIX + field
+    return _FOREIGN_KEYS.get(field, PREFIX + field)
 
 
 def settings_from_data(data: Any) -> MirrorSettings:
