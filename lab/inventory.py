@@ -56,6 +56,7 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
         data["kiln_secrets_file"] = state.secrets_file
     data.update(lab_mirror_data(state, node))
     data.update(lab_base_data(state))
+    data.update(lab_kraken_data(state))
     lab = state.lab_dir
     # The ledger and the pool of this lab, beside it (not the checkout's state/).
     data["kiln_ledger"] = f"{lab}/kiln.db"
@@ -79,6 +80,29 @@ def lab_base_data(state: LabState) -> dict[str, Any]:
             "net.ipv4.tcp_wmem": "4096 65536 134217728",
         },
     }
+
+
+# The registry Kraken's origin and build-index read from: in lab tests, Debian's
+# docker-registry on the first service node (tests/lab/test_kraken.py starts it).
+LAB_REGISTRY_PORT = 5000
+
+
+def lab_kraken_data(state: LabState) -> dict[str, Any]:
+    """roles/kraken in a lab where Kraken cannot run: no Kraken image and no container
+    engine exist here, so configs, units and the engines' mirror settings are written and
+    nothing is loaded or started (kiln_kraken_activate false)."""
+    service = [node for node in state.nodes if node.role == "service"]
+    data: dict[str, Any] = {
+        "kiln_kraken_activate": False,
+        # Names the units' image tag only; no Kraken image is loaded in the lab.
+        "kiln_kraken_version": "lab",
+        # docker: what a GPU node's engine reads; containers: what the lab's skopeo reads.
+        "kiln_kraken_mirror_clients": ["docker", "containers"],
+    }
+    if service:
+        data["kiln_kraken_backends"] = [
+            {"registry": f"{service[0].address}:{LAB_REGISTRY_PORT}", "insecure": True}]
+    return data
 
 
 def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
