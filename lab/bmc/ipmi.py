@@ -155,14 +155,45 @@ def _guid(lab: Path, node: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"kiln-lab-ipmi:{node}:{serial}").hex
 
 
-def udp_bound(address: str, port: int) -> bool:
-    """Whether some process has a UDP socket bound to address:port (from /proc/net/udp)."""
+def udp_socket_inodes(address: str, port: int) -> set[int]:
+    """The inodes of the UDP sockets bound to address:port (from /proc/net/udp)."""
     wanted = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
     try:
         lines = Path("/proc/net/udp").read_text().splitlines()[1:]
     except FileNotFoundError:
-        return False
-    return any(line.split()[1] == wanted for line in lines if len(line.split()) > 1)
+        return set()
+    return {int(fields[9]) for fields in (line.split() for line in lines)
+            if len(fields) > 9 and fields[1] == wanted}
+
+
+def socket_holders(inodes: set[int]) -> dict[int, str]:
+    """pid -> command line of every process holding one of these socket inodes."""
+    links = {f"socket:[{inode}]" for inode in inodes}
+    holders = {}
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            held = any(os.readlink(fd) in links for fd in fd_dir.iterdir())
+            if held:
+                argv = (fd_dir.parent / "cmdline").read_bytes().split(b"\0")
+                holders[int(fd_dir.parent.name)] = shlex.join(
+                    arg.decode(errors="replace") for arg in argv if arg)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return holders
+
+
+def bound_by(pid: int, address: str, port: int) -> bool:
+    """Whether process `pid` itself has a UDP socket bound to address:port.
+
+    ipmi_sim sets SO_REUSEADDR: a second one binds the same address without complaint, so
+    "some socket is bound there" would take another process's socket for this one's.
+    """
+    return pid in socket_holders(udp_socket_inodes(address, port))
+
+
+def udp_bound(address: str, port: int) -> bool:
+    """Whether some process has a UDP socket bound to address:port."""
+    return bool(udp_socket_inodes(address, port))
 
 
 ATTEMPTS = 3
@@ -170,6 +201,38 @@ ATTEMPTS = 3
 
 def service_name(node: str) -> str:
     return f"bmc-{node}"
+
+
+def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
+    """An earlier ipmi_sim of this lab still bound there is stopped; anyone else is an error.
+
+    Two processes bound with SO_REUSEADDR share the port and the kernel gives each datagram
+    to one of them: a leftover BMC would answer for the new one.
+    """
+    holders = socket_holders(udp_socket_inodes(address, port))
+    marker = str(Path(lab).resolve())
+    for pid, command in holders.items():
+        if "ipmi_sim" in command and marker in command:
+            print(f"kiln lab: {node}: stopping a leftover ipmi_sim (pid {pid}) bound to "
+                  f"{address} UDP {port}", file=sys.stderr)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            raise IpmiError(f"{node}: BMC address {address} UDP {port} is taken by pid {pid} "
+                            f"({command}); stop it first")
+
+
+def _log_tail(lab: Path, node: str, size: int = 800) -> str:
+    log = services.services_dir(lab) / (service_name(node) + ".log")
+    try:
+        return log.read_text(errors="replace")[-size:].strip()
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def start(lab: Path, node: str, address: str, port: int, username: str, password: str,
@@ -182,26 +245,33 @@ def start(lab: Path, node: str, address: str, port: int, username: str, password
     write_user_store(state, node, username, password)
     boot_flag = bmc_dir(lab, node) / "ipmi-boot-device"
     boot_flag.unlink(missing_ok=True)
+    _refuse_taken_port(lab, node, address, port)
     argv = ["ipmi_sim", "-c", str(lan_conf), "-f", str(emu), "-s", str(state), "-n"]
-    # Seen in CI now and then: an ipmi_sim that never binds right after another lab's was
-    # stopped (root cause not found): it is started again, up to ATTEMPTS times.
+    # Seen in CI now and then, before the port's holders were checked: an ipmi_sim that did
+    # not bind right after another lab's was stopped. It is started again, up to ATTEMPTS
+    # times, and each start's outcome is kept for the error.
     outcomes = []
     for _attempt in range(ATTEMPTS):
         pid = services.start(lab, service_name(node), argv, env={"KILN_LAB_DIR": str(lab)})
         deadline = time.monotonic() + timeout
-        while not udp_bound(address, port):
+        while not bound_by(pid, address, port):
             if not services.running(lab, service_name(node)):
-                outcomes.append("exited")
+                outcomes.append(f"exited: {_log_tail(lab, node, 200)!r}")
                 break
             if time.monotonic() > deadline:
-                outcomes.append(f"not bound after {timeout:.0f} s")
+                others = socket_holders(udp_socket_inodes(address, port))
+                outcomes.append(f"pid {pid} not bound after {timeout:.0f} s"
+                                + (f" (bound there: {others})" if others else ""))
                 services.stop(lab, service_name(node))
                 break
             time.sleep(0.1)
         else:
+            if outcomes:
+                print(f"kiln lab: {node}: ipmi_sim bound at start {len(outcomes) + 1} after: "
+                      f"{'; '.join(outcomes)}", file=sys.stderr)
             return pid
     # What each start did is in the message: the next one to see this can tell a crash
     # from a bind that never happened.
     raise IpmiError(f"ipmi_sim of {node} is not listening on {address} UDP {port} after "
-                    f"{ATTEMPTS} starts ({', '.join(outcomes)}); see "
+                    f"{ATTEMPTS} starts ({'; '.join(outcomes)}); see "
                     f"{services.services_dir(lab) / (service_name(node) + '.log')}")

@@ -5,6 +5,7 @@ RMCP+ (lanplus), with the recorder as its chassis (tests/unit/bmc_ipmi_recorder.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import socket
@@ -146,6 +147,30 @@ def test_udp_bound_sees_a_bound_socket():
     assert not ipmi.udp_bound("127.0.0.1", port)
 
 
+def test_bound_by_tells_whose_socket_it_is():
+    # ipmi_sim binds with SO_REUSEADDR, so a leftover one and a new one can share a port:
+    # "bound" must mean bound by the process that was just started.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert ipmi.bound_by(os.getpid(), "127.0.0.1", port)
+            assert not ipmi.bound_by(other.pid, "127.0.0.1", port)
+        finally:
+            other.kill()
+            other.wait()
+
+
+def test_a_port_taken_by_another_program_is_refused_naming_it(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(ipmi.IpmiError, match=rf"{NODE}: BMC address 127.0.0.1 UDP {port} "
+                                                 rf"is taken by pid {os.getpid()} \(.*python"):
+            ipmi._refuse_taken_port(tmp_path, NODE, "127.0.0.1", port)
+
+
 # -- the real ipmi_sim and ipmitool ---------------------------------------------------
 
 needs_openipmi = pytest.mark.skipif(
@@ -241,3 +266,10 @@ def test_without_a_cipher_suite_ipmitool_falls_back_and_works(bmc):
     # uses suite 3 (slow, so once here).
     result = ipmitool(bmc, "chassis", "power", "status", cipher=())
     assert result.stdout.strip() == "Chassis Power is off"
+
+
+@needs_openipmi
+def test_a_leftover_ipmi_sim_of_the_lab_is_stopped_before_a_new_start(lab, bmc):
+    assert ipmi.udp_bound("127.0.0.1", bmc["port"])
+    ipmi._refuse_taken_port(lab, NODE, "127.0.0.1", bmc["port"])
+    assert not ipmi.udp_bound("127.0.0.1", bmc["port"])
