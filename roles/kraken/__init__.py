@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
+from pyinfra.operations import apt, files, systemd
 
 from roles.errors import KilnError, ValidationFailed
 from roles.kraken import configs, operations
@@ -146,6 +146,11 @@ def kraken() -> None:
                           message="kraken: no mirror to load images from (no service node, "
                                   "kiln_mirror_host not set)")
         return
+    if "tracker" in components and settings.redis.split(":")[0] in ("127.0.0.1", "localhost"):
+        # The tracker's peer store; Debian's redis-server (from the mirror's os packages).
+        apt.packages(name="redis-server for the Kraken tracker", packages=["redis-server"])
+        systemd.service(name="redis-server running", service="redis-server.service",
+                        running=True, enabled=True)
     systemd.daemon_reload(name="systemd reads the Kraken units",
                           _if=lambda: any(change.did_change() for change in unit_changes))
     for component in components:
