@@ -4,6 +4,7 @@ SOURCE and LICENSE there): same keys, same nesting, same value types."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,11 @@ import yaml
 from roles.kraken import configs
 from roles.kraken.configs import KrakenConfigError, load_config
 from roles.kraken.settings import COMPONENTS, KrakenSettings
+from roles.kraken.structure import differences
 
 SPECS = Path(__file__).resolve().parents[1] / "fixtures/specs/kraken"
 SHA = "ab" * 32
 SERVICE = ["10.0.0.5", "10.0.0.6"]
-# Where kiln's configs go beyond Kraken's reference on purpose (path pattern → why):
-EXTENSIONS = {
-    # Kraken's registry backends take a TLS client section; kiln sets it for a plain-HTTP
-    # registry inside the cluster.
-    "backends[].backend.registry_blob.security.tls",
-    "backends[].backend.registry_tag.security.tls",
-}
-
-
 def settings(**changes: Any) -> KrakenSettings:
     values: dict[str, Any] = {
         "version": "v0.1.4",
@@ -48,41 +41,6 @@ def rendered(component: str, kraken: KrakenSettings) -> dict[str, Any]:
     return load_config(configs.config_files(component, kraken, cluster))
 
 
-def kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
-def differences(ours: Any, theirs: Any, path: str = "") -> list[str]:
-    """Where `ours` is not shaped as `theirs`: missing or extra keys, other types; a list
-    item of ours must have the shape of one of the reference list's items."""
-    if kind(ours) != kind(theirs):
-        return [f"{path or '/'}: {kind(ours)}, Kraken's is {kind(theirs)}"]
-    if isinstance(ours, dict):
-        problems = []
-        for key in theirs.keys() - ours.keys():
-            problems.append(f"{path}.{key}: missing")
-        for key in ours.keys() - theirs.keys():
-            where = f"{path}.{key}".lstrip(".")
-            if where not in EXTENSIONS:
-                problems.append(f"{where}: not in Kraken's config")
-        for key in ours.keys() & theirs.keys():
-            problems += differences(ours[key], theirs[key], f"{path}.{key}".lstrip("."))
-        return problems
-    if isinstance(ours, list):
-        problems = []
-        for index, item in enumerate(ours):
-            shapes = [differences(item, candidate, f"{path}[]") for candidate in theirs]
-            if shapes and not any(not shape for shape in shapes):
-                best = min(shapes, key=len)
-                problems += [f"{path}[{index}] ~ {line}" for line in best]
-        return problems
-    return []
-
-
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_rendered_config_has_krakens_structure(component):
     ours = rendered(component, settings())
@@ -100,6 +58,7 @@ def test_structure_holds_with_tls_and_a_plain_http_backend(component, tmp_path):
 
 
 def test_the_structure_check_catches_a_wrong_type_a_missing_and_an_extra_key():
+    """The check itself can fail: one change of each kind to Kraken's own agent config."""
     theirs = reference("agent")
     ours = yaml.safe_load(yaml.safe_dump(theirs))
     ours["allowed_cidrs"] = "127.0.0.1"
@@ -110,6 +69,13 @@ def test_the_structure_check_catches_a_wrong_type_a_missing_and_an_extra_key():
         "store.cache_dir: missing",
         "tracker.hosts.dns: not in Kraken's config",
     ]
+    origin = reference("origin")
+    wrong = yaml.safe_load(yaml.safe_dump(origin))
+    wrong["backends"] = [{"namespace": ".*", "backend": {"registry_blob": {"addr": "r:5000"}}}]
+    problems = differences(wrong, origin)
+    assert "backends[0] ~ backends[].backend.registry_blob.address: missing" in problems
+    assert "backends[0] ~ backends[].backend.registry_blob.addr: not in Kraken's config" \
+        in problems
 
 
 def test_hosts_ring_backends_stores_and_cidrs_are_the_clusters():
@@ -200,7 +166,6 @@ def test_a_unit_without_image_or_version_is_refused():
 def test_docker_daemon_json_keeps_other_keys():
     existing = '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}'
     merged = configs.docker_daemon_json(existing, settings())
-    import json
     assert json.loads(merged) == {"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}},
                                   "registry-mirrors": ["http://localhost:16000"]}
     assert configs.docker_daemon_json(merged, settings()) == merged
