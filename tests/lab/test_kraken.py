@@ -32,8 +32,11 @@ from lab.inventory import LAB_REGISTRY_PORT
 from lab.vendor import build_repository, server
 from roles.kraken.configs import load_config
 from roles.kraken.settings import SERVICE_COMPONENTS
+from roles.kraken.structure import differences
 
 pytestmark = pytest.mark.lab
+
+SPECS = Path(__file__).resolve().parents[1] / "fixtures/specs/kraken"
 
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0"
 PACKAGES = "docker-registry skopeo"
@@ -126,9 +129,15 @@ def deployed(kraken: Kraken) -> subprocess.CompletedProcess[str]:
 
 
 def node_config(kraken: Kraken, node: str, component: str) -> dict:
+    """The config as the component would read it from the node, checked against the shape
+    of Kraken's reference config for that component."""
     files = {name: kraken.ssh(node, f"cat /etc/kraken/{component}/{name}")
              for name in ("base.yaml", "kiln.yaml")}
-    return load_config(files)
+    config = load_config(files)
+    reference = load_config({name: (SPECS / component / name).read_text()
+                             for name in ("base.yaml", "devcluster.yaml")}, "devcluster.yaml")
+    assert differences(config, reference) == [], (node, component)
+    return config
 
 
 def test_service_node_gets_four_components_configs_and_units_not_started(kraken, deployed):
@@ -161,6 +170,9 @@ def test_gpu_nodes_get_the_agent_and_their_engines_pull_through_it(kraken, deplo
         agent, daemon, registries, start = outputs[node.name].split("---\n")
         assert yaml.safe_load(agent)["tracker"]["hosts"]["static"] == \
             [f"{service.address}:15003"]
+        if node == kraken.gpu_nodes[0]:
+            agent_config = node_config(kraken, node.name, "agent")
+            assert agent_config["allowed_cidrs"] == ["127.0.0.1", "172.17.0.1"]
         assert json.loads(daemon) == {"registry-mirrors": ["http://localhost:16000"]}
         assert f'location = "{kraken.registry}"' in registries
         assert 'location = "localhost:16000"' in registries
