@@ -22,10 +22,12 @@ def configure_and_gate() -> None:
         # OFED before the driver: nvidia-peermem is built against the RDMA stack it finds.
         ofed()
         nvidia()
-        infiniband()
+    # Firmware after the packages: mlxfwmanager comes with OFED (mft) and the GPUs' VBIOS is
+    # read with nvidia-smi. Before the fabric: port settings assume the pinned NIC firmware.
     firmware()
     kraken()
     if "gpu" in host.groups:
+        infiniband()
         health()
         burnin()
         gate()
