@@ -301,6 +301,8 @@ def _power_on_action(boot: str, wait: bool) -> Callable[[LabState, Node, Path], 
         netboot.cancel(lab, machine.name)
         if request["action"] == "commission":
             return _commission(machine, lab)
+        if request["action"] == "erase":
+            return _erase(machine, lab)
         return _deploy(machine, state, lab, request, wait)
 
     return action
@@ -318,6 +320,14 @@ def _commission(machine: Node, lab: Path) -> None:
     netboot.record_result(
         lab, machine.name, "commission", True, hardware=netboot.hardware_summary(profile)
     )
+    machine.state.state = "off"
+
+
+def _erase(machine: Node, lab: Path) -> None:
+    """The ephemeral environment of a release with erase: the disk ends blank, the node off."""
+    machine.wipe()
+    machine.state.disk = "blank"
+    netboot.record_result(lab, machine.name, "erase", True)
     machine.state.state = "off"
 
 

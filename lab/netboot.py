@@ -9,7 +9,8 @@ commissioning scripts report back to a real MAAS. The BMC never talks to MAAS, a
 touches a node except through its BMC and this PXE answer.
 
 Files, under `<lab>/netboot/`:
-- `<node>.request.json`: `{"action": "commission"}` or `{"action": "deploy", "osystem",
+- `<node>.request.json`: `{"action": "commission"}`, `{"action": "erase"}` (a release with
+  erase: the ephemeral environment wipes the disk) or `{"action": "deploy", "osystem",
   "distro_series", "hwe_kernel", "user_data", "ssh_keys": [...]}`; consumed by the boot
   that carries it out.
 - `<node>.result.json`: `{"action", "status": "ok"|"failed", "error"?, "finished_at",
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("commission", "deploy")
+ACTIONS = ("commission", "deploy", "erase")
 
 
 class NetbootError(ValueError):

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from roles.errors import KilnError
 
@@ -76,6 +77,14 @@ class PinSet:
 
     def with_pins(self, pins: Iterable[Pin]) -> PinSet:
         return PinSet(self.scope, self.name, tuple(pins), self.remove_replaced, self.family)
+
+
+def package_pins(packages: Mapping[str, Any], keys: Iterable[str]) -> tuple[Pin, ...]:
+    """The manifest's `packages.<key>` entries (name, version, hold) among `keys`, as pins;
+    keys the manifest does not have are left out."""
+    return tuple(Pin(packages[key].name, packages[key].version, f"packages.{key}",
+                     packages[key].hold)
+                 for key in keys if key in packages)
 
 
 def scope_glob(scope: str) -> str:

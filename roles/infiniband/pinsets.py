@@ -9,7 +9,7 @@ perftest on its own, when the SKU takes a perftest newer than the OFED release c
 
 from __future__ import annotations
 
-from roles.base.aptpins import Pin, PinError, PinSet
+from roles.base.aptpins import PinError, PinSet, package_pins
 from roles.manifest import Manifest
 
 SCOPE = "ofed"
@@ -31,11 +31,7 @@ def ofed_pin_sets(manifest: Manifest, source: str) -> list[PinSet]:
                        "(doca-ofed or mlnx-ofed-all) pinned")
     sets = []
     for set_name, keys in OFED_SETS:
-        pins = tuple(
-            Pin(manifest.packages[key].name, manifest.packages[key].version,
-                f"packages.{key}", manifest.packages[key].hold)
-            for key in keys if key in manifest.packages
-        )
+        pins = package_pins(manifest.packages, keys)
         if pins:
             # remove_replaced: a move from mlnx-ofed-all to doca-ofed drops the old metapackage.
             sets.append(PinSet(SCOPE, set_name, pins, remove_replaced=True))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from roles.base.aptpins import Pin, PinError, PinSet, upstream_version
+from roles.base.aptpins import PinError, PinSet, package_pins, upstream_version
 from roles.manifest import Manifest
 
 SCOPE = "nvidia"
@@ -66,11 +66,7 @@ def nvidia_pin_sets(manifest: Manifest, source: str) -> list[PinSet]:
             )
     sets = []
     for set_name, keys in NVIDIA_SETS:
-        pins = tuple(
-            Pin(manifest.packages[key].name, manifest.packages[key].version,
-                f"packages.{key}", manifest.packages[key].hold)
-            for key in keys if key in manifest.packages
-        )
+        pins = package_pins(manifest.packages, keys)
         if not pins:
             continue
         family = driver_family(driver_branch(driver)) if set_name == "driver" else None

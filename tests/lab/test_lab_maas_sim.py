@@ -24,6 +24,7 @@ from requests_oauthlib import OAuth1
 
 from lab.credentials import read_lab_secrets
 from lab.maas_sim.openapi_check import check_requests, read_requests
+from lab.state import load_state
 
 pytestmark = pytest.mark.lab
 
@@ -146,6 +147,8 @@ def test_a_redeploy_gives_a_fresh_root_filesystem(new_rack):
     assert released.status_code == 200, released.text
     ready = maas.wait(host, "Ready")
     assert ready["owner"] is None and ready["power_state"] == "off"
+    # The erase ran on the node (a PXE boot into MAAS's ephemeral environment): blank disk.
+    assert load_state(Path(state.lab_dir)).node(host).disk == "blank"
     answer = maas.post(f"machines/{system_id}/", "deploy", user_data=user_data(key))
     assert answer.status_code == 200, answer.text
     maas.wait(host, "Deployed")

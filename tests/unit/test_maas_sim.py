@@ -363,6 +363,7 @@ def test_user_data_is_decoded_as_maas_metadata_service_does():
 
 def test_release_with_erase_powers_off_and_returns_to_ready(sim):
     system_id = deployed(sim)
+    before = len(sim.bmcs["gpu-001"].calls)
     response = sim.client.post(f"machines/{system_id}/", "release", erase="true",
                                quick_erase="true")
     assert response.status_code == 200
@@ -371,6 +372,9 @@ def test_release_with_erase_powers_off_and_returns_to_ready(sim):
     assert machine["owner"] is None and machine["osystem"] == ""
     assert machine["ip_addresses"] == [] and machine["netboot"] is True
     assert sim.bmcs["gpu-001"].state == "off"
+    # The erase ran in the ephemeral environment: a PXE boot carrying the erase request.
+    assert sim.bmcs["gpu-001"].requests[-1]["action"] == "erase"
+    assert sim.bmcs["gpu-001"].calls[before:] == ["on-pxe", "off", "query"]
 
 
 def test_release_without_erase_goes_through_releasing(sim):

@@ -4,7 +4,8 @@ The thing under test is the simulator: its HTTP API (Flask's test client), its l
 its store, on a lab directory in tmp_path with real hardware profiles, real lab credentials
 and the real lab/netboot.py files. At the BMC boundary it gets `LabBmcDouble`s, which play
 a node's BMC and what the lab does on a PXE boot (lab/cluster.py): a commissioning boot
-records the hardware inventory and powers off, a deploy boot records ok (or failed, for a
+records the hardware inventory and powers off, an erase boot records ok and powers off (the
+double has no disk to blank), a deploy boot records ok (or failed, for a
 node given the boot-fail fault), a node that never finishes records nothing.
 """
 
@@ -90,6 +91,9 @@ class LabBmcDouble:
             profile = json.loads((self.lab / "hw" / self.node / "profile.json").read_text())
             netboot.record_result(self.lab, self.node, "commission", True,
                                   hardware=netboot.hardware_summary(profile))
+            self.state = "off"
+        elif request["action"] == "erase":
+            netboot.record_result(self.lab, self.node, "erase", True)
             self.state = "off"
         elif self.boot_fail:
             netboot.record_result(self.lab, self.node, "deploy", False,
