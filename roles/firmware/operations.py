@@ -32,12 +32,13 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 from pyinfra.context import state as current_state
 from pyinfra.facts.server import Which
 
-from roles.base.operations import failure, node_readable, preview
+from roles.base.operations import failure, preview
 from roles.bmc import facts as bmc_facts
 from roles.bmc import operations as bmc_operations
 from roles.errors import KilnError
@@ -46,18 +47,21 @@ from roles.firmware.facts import MlxFwManagerQuery
 from roles.firmware.observe import ComponentStatus, observe, sources_needed
 from roles.firmware.parsers import parse_mlxfwmanager
 from roles.firmware.plan import Flash, UpdatePlan, plan_update
+from roles.ledger import Ledger, NodeState
 from roles.manifest import FirmwareComponent, load_manifest
 from roles.mirror.render import NODE_TOOL
 from roles.nvidia.facts import NvidiaSmiQuery
 from roles.nvidia.parsers import parse_nvidia_smi_q
 from roles.parsing import ParseError
 from roles.pool import FilePool
+from roles.provision import will_be_imaged
 
 logger = logging.getLogger("pyinfra")
 
 # Where the node keeps a NIC image between its checked download and the flash.
 NODE_BLOB_DIR = "/var/lib/kiln-firmware"
 SIMPLE_UPDATE_TIMEOUT = 1800.0
+DEFAULT_LEDGER = "state/kiln.db"
 MLX_TOOL = "mlxfwmanager"
 SMI_TOOL = "nvidia-smi"
 
@@ -192,6 +196,13 @@ def _drain(state: State, host: Host, pool_file: str | None, reason: str) -> bool
     if node in pool.members():
         pool.drain(node, reason)
         host.log(f"pool: drained {node} ({reason})", log_func=logger.info)
+    ledger = Ledger(host.data.get("kiln_ledger") or DEFAULT_LEDGER)
+    try:
+        # Out of the pool is out of `pooled`: only the gate moves it back, after its checks.
+        if ledger.state(node) == NodeState.POOLED:
+            ledger.transition(node, NodeState.CONFIGURED, f"drained: {reason}")
+    finally:
+        ledger.close()
     return True
 
 
@@ -286,11 +297,20 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
     except KilnError as exc:
         yield failure(str(exc))
         return
-    if not node_readable():
+    # A preview reads a deployed node as a run does (reads only); a node MAAS is still to
+    # image has nothing to read yet.
+    if not current_state.is_executing and will_be_imaged(host):
         yield preview(f"firmware ({', '.join(components)})")
         return
     try:
         statuses = read_sources(components)
+    except ConnectError as exc:
+        if current_state.is_executing:
+            yield failure(f"node {_node(host)}: {exc}")
+        else:
+            yield preview(f"firmware ({', '.join(components)}); the node cannot be read now: "
+                          f"{exc}")
+        return
     except KilnError as exc:
         yield failure(f"node {_node(host)}: {exc}")
         return
@@ -307,11 +327,12 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
                       "to take the blobs from (no service node in the inventory, and host "
                       "data kiln_mirror_host is not set)")
         return
-    if current_state.is_executing:
-        for flash in plan.flashes:
-            logger.info(f"{host.print_prefix}firmware: {flash.key}: {flash.was}; "
-                        f"updating to {flash.version}")
-        for refusal in plan.refusals:
-            logger.warning(f"{host.print_prefix}firmware: {refusal}")
+    # A preview (--dry, or no -y) says what the update will be; a run says what it does.
+    doing = "updating" if current_state.is_executing else "will update"
+    for flash in plan.flashes:
+        logger.info(f"{host.print_prefix}firmware: {flash.key}: {flash.was}; "
+                    f"{doing} to {flash.version}")
+    for refusal in plan.refusals:
+        logger.warning(f"{host.print_prefix}firmware: {refusal}")
     yield from update_commands(plan, manifest_file, mirror_firmware, mirror_verify, pool_file,
                                rolling)

@@ -62,8 +62,9 @@ class Firmware:
         self.pool = FilePool(self.lab_dir / "pool.yaml")
 
     def pyinfra(self, deploy: str, *nodes: str, data: dict | None = None,
-                ) -> subprocess.CompletedProcess:
-        args = [str(self.tools.bin / "pyinfra"), "-y", "inventory/lab.py", deploy, *limits(*nodes)]
+                mode: str = "-y") -> subprocess.CompletedProcess:
+        args = [str(self.tools.bin / "pyinfra"), mode, "inventory/lab.py", deploy,
+                *limits(*nodes)]
         for key, value in (data or {}).items():
             args += ["--data", f"{key}={json.dumps(value)}"]
         result = subprocess.run(args, cwd=self.tools.root, stdout=subprocess.PIPE,
@@ -72,9 +73,17 @@ class Firmware:
             assert f"[{node}] " in result.stdout, result.stdout
         return result
 
-    def firmware(self, firmware_dir: Path | None = None) -> subprocess.CompletedProcess:
+    def firmware(self, firmware_dir: Path | None = None,
+                 mode: str = "-y") -> subprocess.CompletedProcess:
         data = {"kiln_firmware_dir": str(firmware_dir)} if firmware_dir else None
-        return self.pyinfra("deploy/firmware.py", *NODES, data=data)
+        return self.pyinfra("deploy/firmware.py", *NODES, data=data, mode=mode)
+
+    def untouched(self) -> None:
+        """Still the old firmware, nothing staged for a reset, still in the pool."""
+        assert self.redfish(REDFISH_NODE) == {"BIOS": OLD["bios"], "BMC": OLD["bmc"]}
+        assert self.nic_versions(NIC_NODE) == {OLD["connectx7"]}
+        assert self.flash_spool(REDFISH_NODE) == [] and self.flash_spool(NIC_NODE) == []
+        assert REDFISH_NODE in self.pool.members()
 
     def suite(self) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -181,11 +190,21 @@ def test_a_blob_with_a_wrong_sha256_is_refused_and_nothing_is_flashed(fw):
     assert f"rollout stopped: the firmware update failed on {first} in an earlier batch; " \
            f"{second} not touched" in node_lines(result, second), result.stdout
     # Nothing flashed, nothing reset, nobody drained.
-    assert fw.redfish(REDFISH_NODE) == {"BIOS": OLD["bios"], "BMC": OLD["bmc"]}
-    assert fw.nic_versions(NIC_NODE) == {OLD["connectx7"]}
-    assert fw.flash_spool(REDFISH_NODE) == [] and fw.flash_spool(NIC_NODE) == []
+    fw.untouched()
     assert {node: fw.boots(node) for node in NODES} == boots
-    assert REDFISH_NODE in fw.pool.members()
+
+
+def test_a_dry_run_lists_the_update_and_changes_nothing(fw):
+    boots = {node: fw.boots(node) for node in NODES}
+    result = fw.firmware(mode="--dry")
+    assert result.returncode == 0, result.stdout
+    assert re.search(r"Firmware as the manifest pins .*\s2 \(gpu-004, gpu-005\)\s",
+                     result.stdout), result.stdout
+    assert "firmware: bios: FirmwareInventory/BIOS (redfish) runs 1.5.0; will update to 1.6.2" \
+        in node_lines(result, REDFISH_NODE), result.stdout
+    assert "; will update to 28.43.1014" in node_lines(result, NIC_NODE), result.stdout
+    fw.untouched()
+    assert {node: fw.boots(node) for node in NODES} == boots
 
 
 def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):

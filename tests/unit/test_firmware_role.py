@@ -296,3 +296,34 @@ def test_update_commands_check_blobs_first_and_verify_last():
         "connectx7": "http://m/firmware/lab-connectx7-28.43.1014.bin"}
     assert re.fullmatch(r"firmware update: bios -> 1\.6\.2, connectx7 -> 28\.43\.1014",
                         commands[1].args[2])
+
+
+def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
+    from roles.ledger import Ledger, NodeState
+    from roles.pool import FilePool
+
+    pool_file, ledger_file = tmp_path / "pool.yaml", tmp_path / "kiln.db"
+    pool = FilePool(pool_file)
+    pool.add("gpu-001")
+    pool.add("gpu-002")
+    ledger = Ledger(ledger_file)
+    ledger.enroll("gpu-001")
+    for state in (NodeState.DEPLOYING, NodeState.DEPLOYED, NodeState.CONFIGURED,
+                  NodeState.BURNING_IN, NodeState.POOLED):
+        ledger.transition("gpu-001", state, "test")
+    host = StubHost("gpu-001")
+    host.data["kiln_ledger"] = str(ledger_file)
+    reason = "firmware update: bios -> 1.6.2"
+    assert operations._drain(StubState(), host, str(pool_file), reason) is True
+    assert pool.members() == ["gpu-002"]
+    assert pool.drained() == {"gpu-001": reason}
+    assert ledger.state("gpu-001") == NodeState.CONFIGURED
+    assert ledger.reason("gpu-001") == f"drained: {reason}"
+    assert host.logged == [f"pool: drained gpu-001 ({reason})"]
+    # A node that is not in the pool: nothing to drain, the ledger untouched.
+    other = StubHost("gpu-003")
+    other.data["kiln_ledger"] = str(ledger_file)
+    assert operations._drain(StubState(), other, str(pool_file), reason) is True
+    assert pool.members() == ["gpu-002"] and other.logged == []
+    assert ledger.state("gpu-003") is None
+    ledger.close()
