@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import deploy
 
 from roles.base import operations as base_operations
@@ -45,7 +45,7 @@ def fleet_parallel() -> int:
     several SKUs is updated at the most cautious one's pace.
     """
     limits = []
-    for other in inventory:
+    for other in host.state.inventory:
         if "gpu" not in other.groups and other.data.get("kiln_role") != "gpu":
             continue
         sku = other.data.get("kiln_sku")

@@ -327,3 +327,52 @@ def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
     assert pool.members() == ["gpu-002"] and other.logged == []
     assert ledger.state("gpu-003") is None
     ledger.close()
+
+
+# -- the deploy: max_parallel_firmware is pyinfra's _parallel --------------------------------
+
+
+def manifest_dir(tmp_path: Path, name: str, sku: str, max_parallel: int) -> Path:
+    directory = tmp_path / name
+    directory.mkdir()
+    document = yaml.safe_load(LAB.read_text())
+    document["sku"] = sku
+    document["max_parallel_firmware"] = max_parallel
+    (directory / f"{sku}.yaml").write_text(yaml.safe_dump(document))
+    return directory
+
+
+def test_the_deploy_bounds_the_operation_by_max_parallel_firmware(tmp_path):
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+
+    from roles.firmware import firmware
+
+    data = {"kiln_sku": "lab", "kiln_role": "gpu", "kiln_mirror_host": "10.0.0.1",
+            "kiln_firmware_dir": str(manifest_dir(tmp_path, "m", "lab", 3))}
+    inventory = Inventory(([("@local", data)], {}))
+    state = State(inventory, Config())
+    connect_all(state)
+    add_deploy(state, firmware)
+    (meta,) = state.op_meta.values()
+    assert meta.global_arguments["_parallel"] == 3
+    assert any("Firmware as the manifest pins" in name for name in meta.names)
+
+
+def test_a_fleet_of_several_skus_goes_at_the_most_cautious_pace(tmp_path):
+    from types import SimpleNamespace
+
+    from pyinfra.context import ctx_host
+
+    from roles.firmware import fleet_parallel
+
+    def node(sku: str, directory: Path, groups: tuple[str, ...] = ("gpu",)) -> Any:
+        return SimpleNamespace(groups=groups, data={"kiln_sku": sku,
+                                                    "kiln_firmware_dir": str(directory)})
+
+    fast, slow = manifest_dir(tmp_path, "a", "fast", 4), manifest_dir(tmp_path, "b", "slow", 2)
+    service = node("slow", manifest_dir(tmp_path, "c", "slow", 1), groups=("service",))
+    fleet = [node("fast", fast), node("slow", slow), service]
+    with ctx_host.use(SimpleNamespace(state=SimpleNamespace(inventory=fleet))):
+        assert fleet_parallel() == 2
