@@ -16,9 +16,12 @@ and the preview list the update and change nothing):
     5. every source read again: each component must now run the pinned version
 
 `max_parallel_firmware` bounds how many nodes are in this operation at once: the deploy
-passes it as pyinfra's `_parallel`, and pyinfra runs the operation batch after batch. With
-`rolling=True` (deploy/firmware.py) a batch starts only if no node of an earlier batch
-failed: the rollout stops at the first bad batch, the nodes after it are not touched.
+passes it as pyinfra's `_parallel`, and pyinfra runs the operation batch after batch, each
+node's whole update (flash, reset, check) inside its batch. With `rolling=True`
+(deploy/firmware.py) a node of a later batch starts only if no node of an earlier batch
+failed (any failure of this operation: a refused blob, a refusal to flash, a failed flash,
+reset or check): the rollout stops at the first bad batch, the nodes after it are not read
+or touched, and each says which node stopped it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
+import gevent
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
@@ -38,7 +42,7 @@ from pyinfra.api.state import State
 from pyinfra.context import state as current_state
 from pyinfra.facts.server import Which
 
-from roles.base.operations import failure, preview
+from roles.base.operations import preview
 from roles.bmc import facts as bmc_facts
 from roles.bmc import operations as bmc_operations
 from roles.errors import KilnError
@@ -112,6 +116,25 @@ def _step(step: Callable[..., bool], *args: Any) -> FunctionCommand:
     return FunctionCommand(_recorded, (step, *args), {})
 
 
+def earlier_failures(state: State) -> list[str]:
+    """The nodes that failed in earlier batches of this run, taken as a node's operation
+    starts. pyinfra starts every node of a batch together (gevent); the yield here lets each
+    of them take this list before any of them can fail, so a node never stops for a failure
+    of its own batch, only for one of a batch before it."""
+    failed = list(rollout_for(state).failed)
+    gevent.sleep(0)
+    return failed
+
+
+def _refuse(state: State, host: Host, message: str) -> bool:
+    return _fail(host, message)
+
+
+def refused(message: str) -> FunctionCommand:
+    """Fail the node with `message`, counted as a failure of its batch in a rolling update."""
+    return _step(_refuse, message)
+
+
 # -- reading the node ---------------------------------------------------------------------
 
 
@@ -175,12 +198,7 @@ def _read_again(host: Host, components: dict[str, FirmwareComponent],
 
 
 def _check_blobs(state: State, host: Host, flashes: list[Flash], urls: dict[str, str],
-                 verify: bool | str, rolling: bool) -> bool:
-    node = _node(host)
-    failed = rollout_for(state).failed
-    if rolling and failed:
-        return _fail(host, f"node {node}: rollout stopped: the firmware update failed on "
-                     f"{', '.join(failed)} in an earlier batch; {node} not touched")
+                 verify: bool | str) -> bool:
     for flash in flashes:
         check_url(urls[flash.key], flash.blob, verify=verify)
         host.log(f"firmware: {flash.blob.file} sha256 {flash.blob.sha256[:16]}… "
@@ -242,8 +260,9 @@ def _bmc_reset_note(state: State, host: Host, keys: list[str]) -> bool:
     # roles/bmc has no Manager.Reset yet: the BMC runs its new image after its own restart.
     # A BMC that applies it at the system reset (the lab's, sushy-tools has no Manager.Reset)
     # passes the check below; one that does not fails it, naming the version still running.
-    host.log(f"firmware: {', '.join(keys)} activate at the BMC's restart; kiln resets the "
-             "system and checks the version the BMC reports", log_func=logger.info)
+    host.log(f"firmware: the new {', '.join(keys)} image runs once the BMC restarts; kiln "
+             "cannot restart a BMC yet (no Manager.Reset in roles/bmc): it resets the system "
+             "and checks the version the BMC then reports", log_func=logger.info)
     return True
 
 
@@ -267,11 +286,10 @@ def _rebooted(reboot: FunctionCommand) -> Callable[..., bool]:
 
 
 def update_commands(plan: UpdatePlan, manifest_file: str, mirror_firmware: str,
-                    verify: bool | str, pool_file: str | None, rolling: bool,
-                    ) -> list[FunctionCommand]:
+                    verify: bool | str, pool_file: str | None) -> list[FunctionCommand]:
     urls = {flash.key: blob_url(mirror_firmware, flash.blob) for flash in plan.flashes}
     commands = [
-        _step(_check_blobs, plan.flashes, urls, verify, rolling),
+        _step(_check_blobs, plan.flashes, urls, verify),
         _step(_drain, pool_file, f"firmware update: {plan.summary()}"),
     ]
     for flash in plan.flashes:
@@ -292,10 +310,16 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
            rolling: bool = False):
     """Every firmware component `manifest_file` pins runs its version on this node (see the
     module docstring for the steps of an update)."""
+    if rolling and current_state.is_executing:
+        failed = earlier_failures(host.state)
+        if failed:
+            yield refused(f"node {_node(host)}: rollout stopped: the firmware update failed on "
+                          f"{', '.join(failed)} in an earlier batch; {_node(host)} not touched")
+            return
     try:
         components = load_manifest(manifest_file).firmware
     except KilnError as exc:
-        yield failure(str(exc))
+        yield refused(str(exc))
         return
     # A preview reads a deployed node as a run does (reads only); a node MAAS is still to
     # image has nothing to read yet.
@@ -306,24 +330,24 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
         statuses = read_sources(components)
     except ConnectError as exc:
         if current_state.is_executing:
-            yield failure(f"node {_node(host)}: {exc}")
+            yield refused(f"node {_node(host)}: {exc}")
         else:
             yield preview(f"firmware ({', '.join(components)}); the node cannot be read now: "
                           f"{exc}")
         return
     except KilnError as exc:
-        yield failure(f"node {_node(host)}: {exc}")
+        yield refused(f"node {_node(host)}: {exc}")
         return
     plan = plan_update(statuses, components, manifest_file)
     if not plan.flashes and not plan.refusals:
         host.noop(f"firmware: {'; '.join(s.describe() for s in statuses.values())}")
         return
     if not plan.flashes:
-        yield failure(f"node {_node(host)}: firmware differs from {manifest_file}: "
+        yield refused(f"node {_node(host)}: firmware differs from {manifest_file}: "
                       + "; ".join(plan.refusals))
         return
     if mirror_firmware is None:
-        yield failure(f"node {_node(host)}: firmware to update ({plan.summary()}), but no mirror "
+        yield refused(f"node {_node(host)}: firmware to update ({plan.summary()}), but no mirror "
                       "to take the blobs from (no service node in the inventory, and host "
                       "data kiln_mirror_host is not set)")
         return
@@ -334,5 +358,4 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
                     f"{doing} to {flash.version}")
     for refusal in plan.refusals:
         logger.warning(f"{host.print_prefix}firmware: {refusal}")
-    yield from update_commands(plan, manifest_file, mirror_firmware, mirror_verify, pool_file,
-                               rolling)
+    yield from update_commands(plan, manifest_file, mirror_firmware, mirror_verify, pool_file)

@@ -250,19 +250,27 @@ class StubHost:
         self.logged.append(message)
 
 
-def test_a_failed_step_stops_later_batches_of_a_rolling_update_only():
+def test_a_failure_stops_later_batches_never_the_nodes_of_its_own_batch():
+    """pyinfra runs a batch's nodes as greenlets started together: each takes the list of
+    earlier failures before any node of its batch can fail."""
+    import gevent
+    from gevent.pool import Pool
+
     state = StubState()
-    first, later = StubHost("gpu-001"), StubHost("gpu-003")
-    failing = lambda state, host: operations._fail(host, "flash failed")  # noqa: E731
-    assert operations._recorded(state, first, failing) is False
+    seen: dict[str, list[str]] = {}
+
+    def node_operation(name: str, fails: bool) -> None:
+        seen[name] = operations.earlier_failures(state)
+        if fails:  # at once, with no I/O: the worst case for a node beside it
+            operations._recorded(state, StubHost(name),
+                                 lambda state, host: operations._fail(host, "flash failed"))
+
+    pool = Pool(8)
+    batches = [[("gpu-001", True), ("gpu-002", False)], [("gpu-003", False)]]
+    for batch in batches:  # as pyinfra's _run_single_op does with _parallel
+        gevent.joinall([pool.spawn(node_operation, name, fails) for name, fails in batch])
+    assert seen == {"gpu-001": [], "gpu-002": [], "gpu-003": ["gpu-001"]}
     assert operations.rollout_for(state).failed == ["gpu-001"]
-    assert operations._recorded(state, later, operations._check_blobs, [], {}, True,
-                                True) is False
-    assert later.logged == ["node gpu-003: rollout stopped: the firmware update failed on "
-                            "gpu-001 in an earlier batch; gpu-003 not touched"]
-    # Bring-up (not rolling): one node's failure never stops another's.
-    other = StubHost("gpu-004")
-    assert operations._check_blobs(state, other, [], {}, True, False) is True
     # Another run starts with a clean slate.
     assert operations.rollout_for(StubState()).failed == []
 
@@ -287,7 +295,7 @@ def test_update_commands_check_blobs_first_and_verify_last():
                        parse_nvidia_smi_q(SMI.read_text()))
     plan = plan_update(statuses, components, "firmware/lab.yaml")
     commands = operations.update_commands(plan, "firmware/lab.yaml", "http://m/firmware/",
-                                          True, "/tmp/pool.yaml", rolling=True)
+                                          True, "/tmp/pool.yaml")
     steps = [command.args[0].__name__ for command in commands]
     assert steps == ["_check_blobs", "_drain", "_redfish_flash", "_mlx_flash", "step",
                      "_verify"]
