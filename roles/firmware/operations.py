@@ -164,6 +164,8 @@ def read_sources(components: dict[str, FirmwareComponent]) -> dict[str, Componen
             raise KilnError(f"{SMI_TOOL} is not installed on the node (the NVIDIA stage "
                             "installs it): the GPU firmware cannot be read")
         smi = host.get_fact(NvidiaSmiQuery)
+        if smi is None:  # pyinfra logged why (the driver not loaded, a library mismatch …)
+            raise KilnError(f"{SMI_TOOL} -q gave no answer: the GPU firmware cannot be read")
     return observe(components, redfish, mlx, smi)
 
 
