@@ -88,11 +88,11 @@ class Kraken:
                                self.gpu_nodes)
             return dict(results)
 
-    def deploy(self) -> subprocess.CompletedProcess[str]:
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
         deploy = self.work / "kraken_deploy.py"
         deploy.write_text("from roles.kraken import kraken\n\nkraken()\n")
         return subprocess.run(
-            [str(self.labtools.bin / "pyinfra"), "-y", "inventory/lab.py", str(deploy)],
+            [str(self.labtools.bin / "pyinfra"), "-y", "inventory/lab.py", str(deploy), *args],
             cwd=self.labtools.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, timeout=600)
 
@@ -185,6 +185,25 @@ def test_a_second_run_changes_nothing(kraken, deployed):
     line = next(line for line in again.stdout.splitlines()
                 if line.strip().startswith("Grand total"))
     assert line.split()[-3:-1] == ["-", "-"], again.stdout[-4000:]
+
+
+def test_activating_kraken_where_it_cannot_run_fails_the_node_and_says_why(kraken, deployed):
+    """Activated, the role needs each component's image pinned, then the engine to load it
+    into; a lab node has neither, and the node fails naming what is missing."""
+    node = kraken.gpu_nodes[-1].name
+    limit = ["--limit", node, "--data", "kiln_kraken_activate=true"]
+    unpinned = kraken.deploy(*limit)
+    assert unpinned.returncode != 0
+    assert "host data kiln_kraken_images.agent is not set: nothing to load the agent " \
+           "container from" in unpinned.stdout, unpinned.stdout[-3000:]
+    image = {"agent": {"ref": "kraken-agent:lab", "file": "kraken-agent-lab.tar",
+                       "url": "http://10.231.0.1:8081/images/kraken-agent-lab.tar",
+                       "sha256": "0" * 64}}
+    no_engine = kraken.deploy(*limit, "--data", f"kiln_kraken_images={json.dumps(image)}")
+    assert no_engine.returncode != 0
+    assert f"kraken: host data kiln_kraken_runtime is docker, but docker is not installed " \
+           f"on {node}" in no_engine.stdout, no_engine.stdout[-3000:]
+    assert kraken.ssh(node, "ls /var/lib/kiln-kraken/images 2>/dev/null | wc -l").strip() == "0"
 
 
 def test_every_gpu_node_pulls_through_the_stand_in_at_the_agents_address(kraken, deployed):
