@@ -13,8 +13,10 @@ downgrade, and a dependency resolves at the pinned version instead of the newest
 The manifest names the packages people choose; their *companions* are pinned too: a
 dependency that exists at exactly the depending package's version is a binary of the same
 source release (the driver metapackage and its libnvidia-compute/nvidia-utils/...; DCGM and
-its core package; the container toolkit and its base/tools/library). Pinning only the
-metapackage leaves them free to drift, and moving to an older release fails without them.
+its core package; the container toolkit and its base/tools/library), and a dependency on one
+exact version (`mft (= 4.30.0-139)`) is part of the release that names it (an OFED release's
+userspace, tools and perftest). Pinning only the metapackage leaves them free to drift, and
+moving to an older release fails without them.
 
 A change (a version moved, or the driver branch changed: different package names) is one
 transaction: unhold the scope's held packages, one `apt-get install` naming every new
@@ -114,7 +116,8 @@ class Resolution:
 def with_companions(
     sets: Iterable[PinSet], lookup: Callable[[set[str]], AptIndex], max_depth: int = 6
 ) -> Resolution:
-    """Add every same-version dependency (transitively) to the set of the pin that needs it.
+    """Add every same-version or exact-version (`name (= v)`) dependency, transitively, to
+    the set of the pin that needs it.
 
     `lookup(names)` returns the apt index entries of those names (absent names: unknown to
     apt); it is called once per dependency level, each name at most once.
@@ -144,15 +147,22 @@ def with_companions(
                for relation in index[pin.name][pin.version]["depends"] for name in relation})
         found = []
         for i, pin in frontier:
-            for relation in index[pin.name][pin.version]["depends"]:
+            entry = index[pin.name][pin.version]
+            exact = entry.get("exact", {})
+            for relation in entry["depends"]:
                 if len(relation) != 1:
                     continue  # an alternative is a choice, not part of the release
                 name = relation[0]
-                if name in named or pin.version not in index.get(name, {}):
+                if name in named:
+                    continue
+                if pin.version in index.get(name, {}):
+                    version, why = pin.version, f"same-version dependency of {pin.name}"
+                elif name in exact and exact[name] in index.get(name, {}):
+                    version, why = exact[name], f"exact dependency of {pin.name}"
+                else:
                     continue
                 named.add(name)
-                found.append((i, Pin(name, pin.version, f"same-version dependency of {pin.name}",
-                                     pin.hold)))
+                found.append((i, Pin(name, version, why, pin.hold)))
         for i, companion in found:
             pins[i].append(companion)
         frontier = found

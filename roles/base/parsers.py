@@ -8,7 +8,9 @@ parse_dpkg_query(text) -> {name: {"version": str, "want": str, "status": str}}
     the first two letters of the abbreviation ("h"/"i", "i"/"c"/"U"...). A package name may
     appear once per architecture; the native one (listed first) is kept.
 parse_showhold(text) -> [name]            `apt-mark showhold`, sorted
-parse_apt_cache_show(text) -> {name: {version: {"depends": [[name, ...], ...]}}}
+parse_apt_cache_show(text) -> {name: {version: {"depends": [[name, ...], ...],
+                                                "exact": {name: version}}}}
+    (`exact`: the dependencies on one exact version, `name (= version)`)
     `apt-cache show NAME...`: every version apt knows. Each Depends/Pre-Depends relation is
     the list of its alternatives' package names (versions and architectures dropped).
 parse_preferences(text) -> [{"package": str, "pin": str, "priority": int}]
@@ -103,15 +105,32 @@ def _relation_names(value: str) -> list[list[str]]:
     return relations
 
 
+_EXACT = re.compile(r"^([a-z0-9][a-z0-9+.-]*)(?::[a-z0-9-]+)?\s*\(\s*=\s*([^)\s]+)\s*\)")
+
+
+def _exact_versions(value: str) -> dict[str, str]:
+    """Dependencies on one exact version, `name (= version)`, without alternatives."""
+    exact = {}
+    for relation in value.split(","):
+        if "|" in relation:
+            continue
+        match = _EXACT.match(relation.strip())
+        if match:
+            exact[match.group(1)] = match.group(2)
+    return exact
+
+
 def parse_apt_cache_show(text: str) -> dict[str, dict[str, dict[str, Any]]]:
     index: dict[str, dict[str, dict[str, Any]]] = {}
     for start, fields in _stanzas(text):
         if "Package" not in fields or "Version" not in fields:
             raise ParseError(f"line {start}: a record without Package and Version fields")
-        depends = _relation_names(fields.get("Pre-Depends", ""))
-        depends += _relation_names(fields.get("Depends", ""))
+        relations = [fields.get("Pre-Depends", ""), fields.get("Depends", "")]
+        depends = [names for value in relations for names in _relation_names(value)]
+        exact = {name: version for value in relations
+                 for name, version in _exact_versions(value).items()}
         versions = index.setdefault(fields["Package"], {})
-        versions.setdefault(fields["Version"], {"depends": depends})
+        versions.setdefault(fields["Version"], {"depends": depends, "exact": exact})
     return index
 
 

@@ -1,5 +1,6 @@
-"""Pin the stack on two lab GPU nodes with the real roles, then read the result back on the
-nodes with the testinfra suite (tests/lab/testinfra), never from kiln's own output.
+"""Pin the stack (base, OFED, NVIDIA) on two lab GPU nodes with the real roles, then read the
+result back on the nodes with the testinfra suite (tests/lab/testinfra), never from kiln's
+own output.
 
     pyinfra -y inventory/lab.py tests/lab/pin_stack_deploy.py --limit gpu-006,gpu-007
 
@@ -158,7 +159,9 @@ def test_first_run_pins_the_stack_and_the_driver_runs_after_a_boot(stack):
     assert suite.returncode == 0, suite.stdout + suite.stderr
     assert passed(suite) >= 40 * len(NODES)
     for node in NODES:
-        assert "nvidia-driver-570-server-open" in stack.holds(node)
+        # The OFED release moves with its exact companions (mft, infiniband-diags ...).
+        assert {"nvidia-driver-570-server-open", "doca-ofed", "mft"} <= stack.holds(node)
+        assert stack.packages(node)["doca-ofed"] == "2.9.1-1kilnlab1"
 
 
 def test_a_second_run_changes_nothing(stack):

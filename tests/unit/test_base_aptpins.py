@@ -25,6 +25,7 @@ from roles.base.aptpins import (
     with_companions,
 )
 from roles.base.parsers import parse_apt_cache_show, parse_preferences
+from roles.infiniband.pinsets import ofed_pin_sets
 from roles.manifest import Manifest, load_manifest
 from roles.nvidia.pinsets import nvidia_pin_sets
 
@@ -292,3 +293,25 @@ def test_successful_transaction_holds_the_new_set(tmp_path):
     assert status == 0
     assert calls[-1] == "apt-mark hold a"
     assert len(calls) == 3
+
+
+def test_an_ofed_release_pins_its_exact_dependencies_at_their_own_versions():
+    # doca-ofed names its userspace, mft and perftest at one exact version each (not its
+    # own): they are that release's, pinned and held with it.
+    [ofed] = with_companions(ofed_pin_sets(load_manifest(LAB), "lab.yaml"), Lookups(INDEX)).sets
+    pins = {pin.name: pin for pin in ofed.pins}
+    doca = next(p for p in vendor_packages()
+                if p.name == "doca-ofed" and p.version == "2.9.1-1kilnlab1")
+    exact = {relation.split(" (= ")[0]: relation.split(" (= ")[1].rstrip(")")
+             for relation in doca.depends if " (= " in relation and "|" not in relation}
+    assert {"mft", "infiniband-diags", "perftest"} <= set(exact)
+    for name, version in exact.items():
+        assert pins[name].version == version and pins[name].hold
+        assert pins[name].source == "exact dependency of doca-ofed"
+    assert pins["mft"].version != pins["doca-ofed"].version
+
+
+def test_exact_dependencies_are_parsed_with_their_versions():
+    index = parse_apt_cache_show(
+        "Package: x\nVersion: 1\nDepends: a (= 2.0-1), b (>= 1), c:amd64 (= 3), d (= 4) | e\n")
+    assert index["x"]["1"]["exact"] == {"a": "2.0-1", "c": "3"}
