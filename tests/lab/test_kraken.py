@@ -121,8 +121,15 @@ def kraken(lab, labtools, tmp_path_factory):
         kraken.ssh(node.name, cleanup, check=False)
 
 
+# What the NVIDIA container toolkit leaves in daemon.json on a GPU node: kept by kiln.
+TOOLKIT_DAEMON_JSON = {"default-runtime": "nvidia",
+                       "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
+
+
 @pytest.fixture(scope="module")
 def deployed(kraken: Kraken) -> subprocess.CompletedProcess[str]:
+    kraken.ssh(kraken.gpu_nodes[0].name, "mkdir -p /etc/docker && printf %s "
+               f"{shlex.quote(json.dumps(TOOLKIT_DAEMON_JSON))} > /etc/docker/daemon.json")
     result = kraken.deploy()
     assert result.returncode == 0, result.stdout[-6000:]
     return result
@@ -173,7 +180,8 @@ def test_gpu_nodes_get_the_agent_and_their_engines_pull_through_it(kraken, deplo
         if node == kraken.gpu_nodes[0]:
             agent_config = node_config(kraken, node.name, "agent")
             assert agent_config["allowed_cidrs"] == ["127.0.0.1", "172.17.0.1"]
-        assert json.loads(daemon) == {"registry-mirrors": ["http://localhost:16000"]}
+        others = TOOLKIT_DAEMON_JSON if node == kraken.gpu_nodes[0] else {}
+        assert json.loads(daemon) == {**others, "registry-mirrors": ["http://localhost:16000"]}
         assert f'location = "{kraken.registry}"' in registries
         assert 'location = "localhost:16000"' in registries
         assert f"--peer-ip={node.address} " in start and "--agent-registry-port=16000" in start
