@@ -56,21 +56,25 @@ def _mirror_url() -> str | None:
     return settings.http_url(address) if address else None
 
 
-def _write_tls(settings: KrakenSettings) -> None:
+def _write_tls(settings: KrakenSettings) -> list:
+    """The TLS files in <config_dir>/tls; returns their operations (for restarts)."""
     assert settings.tls is not None
     tls = f"{settings.config_dir}/tls"
     ca = Path(settings.tls.ca).expanduser()
     cert = Path(settings.tls.cert).expanduser()
     key = Path(settings.tls.key).expanduser()
-    files.put(name="Kraken TLS: CA", src=str(ca), dest=f"{tls}/ca/ca.crt", mode="0644")
+    written = [files.put(name="Kraken TLS: CA", src=str(ca), dest=f"{tls}/ca/ca.crt",
+                         mode="0644")]
     for side in ("server", "client"):
-        files.put(name=f"Kraken TLS: {side} certificate", src=str(cert),
-                  dest=f"{tls}/{side}/{side}.crt", mode="0644")
-        files.put(name=f"Kraken TLS: {side} key", src=str(key),
-                  dest=f"{tls}/{side}/{side}.key", mode="0600")
+        written.append(files.put(name=f"Kraken TLS: {side} certificate", src=str(cert),
+                                 dest=f"{tls}/{side}/{side}.crt", mode="0644"))
+        written.append(files.put(name=f"Kraken TLS: {side} key", src=str(key),
+                                 dest=f"{tls}/{side}/{side}.key", mode="0600"))
         # The key is not encrypted: an empty passphrase file where Kraken's config points.
-        files.put(name=f"Kraken TLS: {side} passphrase (none)", src=io.StringIO(""),
-                  dest=f"{tls}/{side}/passphrase", mode="0600")
+        written.append(files.put(name=f"Kraken TLS: {side} passphrase (none)",
+                                 src=io.StringIO(""), dest=f"{tls}/{side}/passphrase",
+                                 mode="0600"))
+    return written
 
 
 def _runtime_mirror(settings: KrakenSettings) -> None:
@@ -119,19 +123,25 @@ def kraken() -> None:
         return
 
     unit_changes = []
+    # What a running component must be restarted for: its config, unit, TLS files, image.
+    changes: dict[str, list] = {component: [] for component in components}
     for component in components:
         service = f"kraken-{component}"
         for directory in (f"{settings.store}/{service}", f"{settings.logs}/{service}"):
             files.directory(name=f"Kraken {component}: {directory}", path=directory,
                             mode="0755")
         for name, text in texts[component].items():
-            files.put(name=f"Kraken {component} config {name}", src=io.StringIO(text),
-                      dest=f"{settings.config_dir}/{component}/{name}", mode="0644")
+            changes[component].append(files.put(
+                name=f"Kraken {component} config {name}", src=io.StringIO(text),
+                dest=f"{settings.config_dir}/{component}/{name}", mode="0644"))
         unit_changes.append(files.put(
             name=f"Kraken {component} unit", src=io.StringIO(units[component]),
             dest=f"{configs.UNIT_DIR}/{configs.unit_name(component)}", mode="0644"))
+        changes[component].append(unit_changes[-1])
     if settings.tls is not None:
-        _write_tls(settings)
+        tls_changes = _write_tls(settings)
+        for component in components:
+            changes[component] += tls_changes
     if "agent" in components:
         _runtime_mirror(settings)
 
@@ -140,7 +150,11 @@ def kraken() -> None:
                  "mirror settings written; images not loaded, units not started",
                  log_func=logger.info)
         return
-    mirror_url = _mirror_url()
+    try:
+        mirror_url = _mirror_url()
+    except KilnError as exc:
+        operations.refuse(name="Kraken images", message=f"kraken: the mirror: {exc}")
+        return
     if mirror_url is None:
         operations.refuse(name="Kraken images",
                           message="kraken: no mirror to load images from (no service node, "
@@ -154,11 +168,17 @@ def kraken() -> None:
     systemd.daemon_reload(name="systemd reads the Kraken units",
                           _if=lambda: any(change.did_change() for change in unit_changes))
     for component in components:
-        operations.image_loaded(name=f"Kraken {component} image loaded",
-                                settings=settings, component=component,
-                                image=settings.images[component], mirror_url=mirror_url)
-        systemd.service(name=f"Kraken {component} running",
-                        service=configs.unit_name(component), running=True, enabled=True)
+        changes[component].append(operations.image_loaded(
+            name=f"Kraken {component} image loaded", settings=settings, component=component,
+            image=settings.images[component], mirror_url=mirror_url))
+        started = systemd.service(name=f"Kraken {component} running",
+                                  service=configs.unit_name(component), running=True,
+                                  enabled=True)
+        systemd.service(
+            name=f"Kraken {component} restarted for what changed",
+            service=configs.unit_name(component), restarted=True,
+            _if=lambda started=started, changed=changes[component]: (
+                not started.did_change() and any(op.did_change() for op in changed)))
     checks = [(f"{component} {what}", url) for component in components
               for what, url in configs.health_checks(component, settings)]
     operations.ports_answer(name="Kraken ports answer", checks=checks)

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from lab.inventory import LAB_REGISTRY_PORT
+from lab.tls import issue_cert
 from lab.vendor import build_repository, server
 from roles.kraken.configs import load_config
 from roles.kraken.settings import SERVICE_COMPONENTS
@@ -193,6 +194,28 @@ def test_a_second_run_changes_nothing(kraken, deployed):
     line = next(line for line in again.stdout.splitlines()
                 if line.strip().startswith("Grand total"))
     assert line.split()[-3:-1] == ["-", "-"], again.stdout[-4000:]
+
+
+def test_tls_files_are_installed_and_turned_on_in_the_config(kraken, deployed):
+    """With kiln_kraken_tls, the agent's config turns TLS on and the files it names are on
+    the node (certificate from the lab CA; the key readable by root only)."""
+    node = kraken.gpu_nodes[-1]
+    lab_dir = Path(kraken.lab.lab_dir)
+    cert, key = issue_cert(lab_dir, f"kraken-{node.name}", [node.address])
+    tls = {"ca": str(lab_dir / "tls/ca.pem"), "cert": str(cert), "key": str(key)}
+    result = kraken.deploy("--limit", node.name, "--data", f"kiln_kraken_tls={json.dumps(tls)}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    config = node_config(kraken, node.name, "agent")
+    assert config["tls"]["server"]["disabled"] is False
+    assert config["tls"]["client"]["disabled"] is False
+    listing = kraken.ssh(node.name, "cd /etc/kraken/tls && stat -c '%n %a' ca/ca.crt "
+                         "server/server.crt server/server.key client/client.key && "
+                         "openssl verify -CAfile ca/ca.crt server/server.crt")
+    assert listing.splitlines() == ["ca/ca.crt 644", "server/server.crt 644",
+                                    "server/server.key 600", "client/client.key 600",
+                                    "server/server.crt: OK"]
+    unit = kraken.ssh(node.name, "grep ^ExecStart= /etc/systemd/system/kraken-agent.service")
+    assert "-v /etc/kraken/tls:/etc/kraken/tls:ro" in unit
 
 
 def test_activating_kraken_where_it_cannot_run_fails_the_node_and_says_why(kraken, deployed):
