@@ -44,8 +44,8 @@ PACKAGES = "docker-registry skopeo"
 IMAGE = "kiln/standin:1"
 PAYLOAD = "kiln stand-in layer: pulled through the agent's address\n"
 # The file out of the layer, read as a stream up to that member: GNU tar and Python's
-# tarfile both report an unexpected end after the last member of the layer umoci 0.4.7's
-# `insert` writes (engines read layers as streams too).
+# tarfile both list the member of the layer umoci 0.4.7's `insert` writes, then report an
+# unexpected end of the archive after it.
 READ_LAYER_FILE = """import sys, tarfile
 with open(sys.argv[1], "rb") as blob:
     layer = tarfile.open(fileobj=blob, mode="r|gz")
@@ -116,6 +116,7 @@ def kraken(lab, labtools, tmp_path_factory):
     yield kraken
     cleanup = (f"systemctl stop docker-registry; {APT} purge {PACKAGES} umoci >/dev/null 2>&1;"
                " rm -rf /etc/kraken /var/cache/kraken /var/log/kraken /var/lib/docker-registry"
+               " /var/lib/kiln-kraken"
                " /etc/systemd/system/kraken-*.service /etc/docker/daemon.json /etc/docker/registry"
                " /etc/containers/registries.conf.d/50-kiln-kraken.conf /tmp/standin* /tmp/pulled*")
     for node in lab.nodes:
