@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -227,6 +228,21 @@ def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
                             f"({command}); stop it first")
 
 
+def _exit_status(pid: int) -> str | None:
+    """How our child `pid` ended ("exited with status 1", "killed by SIGSEGV"); None while it
+    runs. Reaped here, before anything else collects it, so the status is not lost: seen
+    intermittently, an ipmi_sim that ends at start without a word in its log."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None  # not our child, or already collected
+    if reaped == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
 def _log_tail(lab: Path, node: str, size: int = 800) -> str:
     log = services.services_dir(lab) / (service_name(node) + ".log")
     try:
@@ -255,8 +271,9 @@ def start(lab: Path, node: str, address: str, port: int, username: str, password
         pid = services.start(lab, service_name(node), argv, env={"KILN_LAB_DIR": str(lab)})
         deadline = time.monotonic() + timeout
         while not bound_by(pid, address, port):
-            if not services.running(lab, service_name(node)):
-                outcomes.append(f"exited: {_log_tail(lab, node, 200)!r}")
+            ended = _exit_status(pid)
+            if ended or not services.running(lab, service_name(node)):
+                outcomes.append(f"{ended or 'exited'}, log ends {_log_tail(lab, node, 200)!r}")
                 break
             if time.monotonic() > deadline:
                 others = socket_holders(udp_socket_inodes(address, port))

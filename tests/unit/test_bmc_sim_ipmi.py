@@ -273,3 +273,16 @@ def test_a_leftover_ipmi_sim_of_the_lab_is_stopped_before_a_new_start(lab, bmc):
     assert ipmi.udp_bound("127.0.0.1", bmc["port"])
     ipmi._refuse_taken_port(lab, NODE, "127.0.0.1", bmc["port"])
     assert not ipmi.udp_bound("127.0.0.1", bmc["port"])
+
+
+@pytest.mark.parametrize(("code", "said"), [
+    ("import sys; sys.exit(3)", "exited with status 3"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
+])
+def test_how_a_child_ended_is_kept(code, said):
+    child = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 10
+    while (status := ipmi._exit_status(child.pid)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert status == said
