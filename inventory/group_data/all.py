@@ -9,5 +9,17 @@ kiln_secrets_file = "/etc/kiln/secrets.yaml"
 kiln_ledger = "state/kiln.db"
 
 # Debian packages the roles install besides the manifests' pins, mirrored with their
-# dependencies (nodes install only from the mirror): roles/base's time sync.
-kiln_mirror_os_packages = ["chrony"]
+# dependencies (nodes install only from the mirror): roles/base's time sync, and the
+# Kraken tracker's peer store.
+kiln_mirror_os_packages = ["chrony", "redis-server"]
+
+# Kraken, the P2P registry (roles/kraken/settings.py lists every key). Its images are pinned
+# here, cluster-wide, and deploy/mirror.py fetches them into the mirror's images/:
+# kiln_kraken_version = "<the release your site built>"
+# kiln_kraken_images = {
+#     "agent": {"ref": "kraken-agent:<version>", "file": "kraken-agent-<version>.tar",
+#               "url": "https://<upstream>/kraken-agent-<version>.tar", "sha256": "<64 hex>"},
+#     # ... origin, tracker, build-index, proxy
+# }
+# kiln_kraken_backends = [{"registry": "registry.example.internal:443"}]
+# kiln_kraken_runtime = "docker"   # or "containerd"

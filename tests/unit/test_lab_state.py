@@ -83,6 +83,14 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
     mirror = {key: data.pop(key) for key in list(data) if key.startswith("kiln_mirror_")}
     assert mirror["kiln_mirror_tls_cert"] == str(tmp_path / "tls/mirror-svc-001.pem")
     assert mirror["kiln_mirror_firmware_upstream"] == "http://10.231.0.1:8081/firmware/"
+    # Kraken cannot run in the lab: configs and units only; the backend registry on svc-001.
+    kraken = {key: data.pop(key) for key in list(data) if key.startswith("kiln_kraken_")}
+    assert kraken == {
+        "kiln_kraken_activate": False,
+        "kiln_kraken_version": "lab",
+        "kiln_kraken_mirror_clients": ["docker", "containers"],
+        "kiln_kraken_backends": [{"registry": "10.231.0.13:5000", "insecure": True}],
+    }
     assert data.pop("kiln_ledger") == str(tmp_path / "kiln.db")
     assert data.pop("kiln_pool_file") == str(tmp_path / "pool.yaml")
     # Lab nodes are network namespaces sharing the host's kernel and clock.
