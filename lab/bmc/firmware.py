@@ -10,7 +10,9 @@ image only when its signature checks out. The lab's equivalents:
   sha256 is the released image's, lab/firmware_blobs.py);
 - an accepted image is written to the node's flash spool (`<lab>/hw/<node>/flash/`), where
   the lab activates it at the node's next reset (lab/hwsim/lab_hooks.py `_apply_flashed`),
-  the same spool the in-node flashing tools use.
+  the same spool the in-node flashing tools use; a staged BMC image is activated by the
+  BMC's own restart (Manager.Reset, `activate_staged_bmc`), as a real BMC boots its new
+  image.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from lab.firmware_blobs import blob_bytes, blob_sha256
 from lab.hwsim.blobs import read_blob_header
-from lab.hwsim.profile import KNOWN_FIRMWARE
+from lab.hwsim.profile import KNOWN_FIRMWARE, write_json
 
 # Firmware a lab BMC updates itself (host NIC and GPU firmware go through in-band tools).
 UPDATABLE = ("bios", "bmc")
@@ -124,3 +126,31 @@ def staged_versions(lab: Path, node: str) -> dict[str, str]:
             if header is not None:
                 staged[component] = header[1]
     return staged
+
+
+def activate_staged_bmc(lab: Path, node: str) -> str | None:
+    """At the BMC's restart: a staged BMC image becomes the running BMC version (and leaves
+    the spool); BIOS and NIC images stay staged for the system's reset. The BMC version
+    now running, or None when no BMC image was staged."""
+    path = staged_image_path(lab, node, "bmc")
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    try:
+        component, version = identify_image(data, str(path))
+    except ImageRejected:
+        path.unlink()  # a BMC boots its old image when the new one does not verify
+        raise
+    if component != "bmc":
+        raise FirmwareError(f"node {node}: {path} holds a {component} image, not a BMC image")
+    profile_file = profile_path(lab, node)
+    try:
+        profile = json.loads(profile_file.read_text(encoding="utf-8"))
+        profile["firmware"]["bmc"] = version
+    except FileNotFoundError:
+        raise FirmwareError(f"node {node}: no hardware profile at {profile_file}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FirmwareError(f"{profile_file}: no firmware.bmc version ({exc})") from None
+    write_json(profile_file, profile)
+    path.unlink()
+    return version

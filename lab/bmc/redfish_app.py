@@ -15,7 +15,12 @@ routes, its htpasswd basic auth, its TLS. What the lab adds, and why:
 - `Boot.BootSourceOverrideEnabled`: sushy-tools' system resource always says Continuous and
   ignores what a PATCH sends; the lab keeps it (a Once override is used up by the next
   boot), so the system resource is wrapped to store and show it;
-- the Manager's `FirmwareVersion` is the node's BMC version (sushy-tools says "1.00").
+- the Manager's `FirmwareVersion` is the node's BMC version (sushy-tools says "1.00");
+- `Manager.Reset` (sushy-tools has none), GracefulRestart or ForceRestart: the BMC
+  restarts, so a staged BMC image becomes its running version (lab/bmc/firmware.py
+  `activate_staged_bmc`; BIOS images wait for the system's reset), and for
+  `RESTART_SECONDS` every request is answered 503 with Retry-After, as a BMC's web server
+  does while its firmware comes up.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ SOFTWARE_PATH = "/redfish/v1/UpdateService/SoftwareInventory"
 TRANSFER_PROTOCOLS = ("HTTP", "HTTPS")
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 INVENTORY_NAMES = {"bios": "System BIOS", "bmc": "Baseboard Management Controller"}
+MANAGER_RESET_TYPES = ("GracefulRestart", "ForceRestart")
+RESTART_SECONDS = 1.5
+
+ACTIVATED_BY = {"bios": "system reset (ComputerSystem.Reset)",
+                "bmc": "BMC restart (Manager.Reset)"}
 
 Fetch = Callable[[str], bytes]
 
@@ -93,9 +103,31 @@ def install(
     app.lab_driver = driver
     app.lab_tasks = TaskList()
     app.lab_update = update
+    app.lab_restarting_until = 0.0
     if "lab_firmware_inventory" not in app.view_functions:
         _add_routes(app)
+        app.wsgi_app = _RestartingBMC(app, app.wsgi_app)
     return app
+
+
+class _RestartingBMC:
+    """WSGI middleware: while the BMC restarts, every request gets 503 (Retry-After)."""
+
+    def __init__(self, app: Any, wsgi_app: Callable[..., Any]) -> None:
+        self.app, self.wsgi_app = app, wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        left = getattr(self.app, "lab_restarting_until", 0.0) - time.monotonic()
+        if left > 0:
+            body = json.dumps({"error": {
+                "code": "Base.1.8.ServiceTemporarilyUnavailable",
+                "message": "The BMC is restarting; retry later.",
+            }}).encode()
+            start_response("503 SERVICE UNAVAILABLE", [
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                ("Retry-After", str(max(1, round(left))))])
+            return [body]
+        return self.wsgi_app(environ, start_response)
 
 
 def _add_routes(app: flask.Flask) -> None:
@@ -113,6 +145,8 @@ def _add_routes(app: flask.Flask) -> None:
     app.view_functions["manager_resource"] = _with_bmc_version(
         app.view_functions["manager_resource"]
     )
+    app.add_url_rule("/redfish/v1/Managers/<identity>/Actions/Manager.Reset",
+                     "lab_manager_reset", manager_reset, methods=["POST"])
 
 
 def _json(document: dict[str, Any], status: int = 200,
@@ -285,8 +319,8 @@ def update_job(driver: LabSystemsDriver, system: str, image_uri: str, wanted: se
             message("Update.1.0.UpdateSuccessful",
                     f"Device '{item}' successfully updated with image '{name}'.", [item, name]),
             message("Update.1.0.AwaitToActivate",
-                    f"Image '{name}' on '{item}' is activated at the next system reset "
-                    "(ComputerSystem.Reset).", [name, item]),
+                    f"Image '{name}' on '{item}' is activated at the next "
+                    f"{ACTIVATED_BY[component]}.", [name, item]),
         ]
 
     return job
@@ -364,7 +398,25 @@ def _with_bmc_version(original: Callable[..., Any]) -> Callable[..., Any]:
             document = json.loads(response.get_data())
             versions = _app().systems.get_versions(document["UUID"])
             document["FirmwareVersion"] = versions[firmware.VERSION_KEYS["bmc"]]
+            document.setdefault("Actions", {})["#Manager.Reset"] = {
+                "target": f"{document['@odata.id']}/Actions/Manager.Reset",
+                "ResetType@Redfish.AllowableValues": list(MANAGER_RESET_TYPES),
+            }
             response.set_data(json.dumps(document, indent=2))
         return response
 
     return manager_resource
+
+
+def manager_reset(identity: str) -> flask.Response:
+    """Manager.Reset: the BMC restarts; a staged BMC image is what it runs afterwards."""
+    app = _app()
+    manager = app.managers.get_manager(identity)  # unknown identity: sushy-tools' 404
+    body = flask.request.get_json(silent=True)
+    reset = body.get("ResetType") if isinstance(body, dict) else None
+    if reset not in MANAGER_RESET_TYPES:
+        raise error.BadRequest(f"Manager.Reset: ResetType {reset!r} is not one of "
+                               f"{', '.join(MANAGER_RESET_TYPES)}")
+    app.systems.restart_bmc(manager["UUID"])
+    app.lab_restarting_until = time.monotonic() + RESTART_SECONDS
+    return flask.Response(status=204)

@@ -209,3 +209,12 @@ class LabSystemsDriver(FakeDriver):
         """Stage an image already checked by `firmware.identify_image` (SimpleUpdate)."""
         self._get(identity)
         firmware.stage_image(self.lab, self.node, component, data)
+
+    def restart_bmc(self, identity: str) -> str | None:
+        """The BMC restarts: a staged BMC image becomes the running one (its new version,
+        or None when none was staged)."""
+        self._get(identity)
+        try:
+            return firmware.activate_staged_bmc(self.lab, self.node)
+        except firmware.FirmwareError as exc:
+            raise error.FishyError(str(exc)) from None

@@ -1,4 +1,5 @@
-"""kiln's BMC client: power, one-time boot, firmware inventory and updates, event log.
+"""kiln's BMC client: power, one-time boot, firmware inventory and updates, event log,
+the BMC's own restart (`reset_bmc`).
 
 Redfish through sushy (roles/bmc/redfish.py), IPMI through ipmitool (roles/bmc/ipmi.py),
 one interface for both (`BMCClient`, roles/bmc/client.py), chosen by the node's inventory

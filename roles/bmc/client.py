@@ -37,6 +37,12 @@ DEFAULT_PORTS = {"redfish": 443, "ipmi": 623}
 # How long a power change may take to show in the BMC's power state before it is an error.
 POWER_WAIT_SECONDS = 120.0
 POLL_SECONDS = 2.0
+# How long a BMC may take to restart (Manager.Reset, mc reset cold) and answer again: most
+# take one to three minutes.
+BMC_RESET_WAIT_SECONDS = 300.0
+# How long a BMC that still answers normally right after a reset is watched for going down
+# before its answer is taken as the restarted BMC's: some take seconds to start the restart.
+BMC_RESET_SETTLE_SECONDS = 15.0
 BOOT_DEVICES = ("pxe", "disk")
 
 
@@ -104,6 +110,8 @@ class BMCClient(Protocol):
                         timeout: float = 1800.0) -> UpdateResult: ...
 
     def event_log(self, limit: int = 1000) -> list[LogEntry]: ...
+
+    def reset_bmc(self, wait: float = BMC_RESET_WAIT_SECONDS) -> str: ...
 
     def close(self) -> None: ...
 
@@ -173,6 +181,35 @@ class PowerControl:
                 raise BMCTimeout(f"{self.label}: power state is still {seen!r} {wait:g} s "
                                  f"after asking for {wanted!r}")
             self.retry.sleep(self.poll_interval)
+
+
+# -- a BMC restarting itself -------------------------------------------------------------------
+
+
+def wait_for_bmc_restart(label: str, probe: Callable[[], str | None], *, wait: float,
+                         poll_interval: float, sleep: Callable[[float], None],
+                         settle: float = BMC_RESET_SETTLE_SECONDS) -> None:
+    """Wait, within `wait` seconds, until a BMC told to restart answers as a working BMC.
+
+    `probe()` gives None when the BMC answers and says it is working, else what it shows
+    instead (no answer, a 503, a state). A BMC seen not working has restarted once it works
+    again; one that works throughout is taken as restarted once `settle` seconds have passed
+    (a BMC can answer for a few seconds after accepting the reset). Raises BMCTimeout with
+    the last thing seen.
+    """
+    started = time.monotonic()
+    deadline = started + wait
+    went_down = False
+    while True:
+        seen = probe()
+        if seen is None and (went_down or time.monotonic() - started >= min(settle, wait)):
+            return
+        went_down = went_down or seen is not None
+        if time.monotonic() >= deadline:
+            last = seen or "it answered, but was never seen restarting"
+            raise BMCTimeout(f"{label}: the BMC is not back {wait:g} s after its restart "
+                             f"(last seen: {last})")
+        sleep(poll_interval)
 
 
 # -- from the inventory to a client ------------------------------------------------------------

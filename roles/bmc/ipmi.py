@@ -28,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from roles.bmc.client import (
+    BMC_RESET_SETTLE_SECONDS,
+    BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
     POLL_SECONDS,
     BootOverride,
@@ -35,6 +37,7 @@ from roles.bmc.client import (
     LogEntry,
     PowerControl,
     UpdateResult,
+    wait_for_bmc_restart,
 )
 from roles.bmc.errors import (
     BMCAuthError,
@@ -226,6 +229,26 @@ class IpmiBMC(PowerControl):
         records = self._parsed(parse_sel_list, self.run("sel", "elist"), "sel elist")
         return [LogEntry(id=r["id"], created=r["created"], severity=r["severity"],
                          message=r["message"]) for r in records[-limit:]]
+
+    # -- the BMC itself --------------------------------------------------------------------
+
+    def reset_bmc(self, wait: float = BMC_RESET_WAIT_SECONDS,
+                  settle: float = BMC_RESET_SETTLE_SECONDS) -> str:
+        """Restart the BMC (`mc reset cold`), then wait until `mc info` answers again.
+        Returns "cold"."""
+        self.run("mc", "reset", "cold", write=True)
+        wait_for_bmc_restart(self.label, self._mc_answer, wait=wait,
+                             poll_interval=self.poll_interval, sleep=self.retry.sleep,
+                             settle=settle)
+        return "cold"
+
+    def _mc_answer(self) -> str | None:
+        """None when `mc info` answers; else why not. One attempt: the wait is the retry."""
+        try:
+            self._attempt(("mc", "info"))
+        except TransientBMCError as exc:
+            return str(exc)
+        return None
 
     def close(self) -> None:
         """Nothing held between calls: each ipmitool run opens and closes its session."""

@@ -38,6 +38,8 @@ from sushy.taskmonitor import TaskMonitor
 from urllib3.exceptions import NewConnectionError
 
 from roles.bmc.client import (
+    BMC_RESET_SETTLE_SECONDS,
+    BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
     POLL_SECONDS,
     BootOverride,
@@ -45,6 +47,7 @@ from roles.bmc.client import (
     LogEntry,
     PowerControl,
     UpdateResult,
+    wait_for_bmc_restart,
 )
 from roles.bmc.errors import (
     BMCAuthError,
@@ -76,6 +79,9 @@ ENDED_TASK_STATES = FAILED_TASK_STATES | {task_cons.TaskState.COMPLETED}
 # 502/503/504: the server (or a proxy in front) says it did not act on the request.
 NOT_APPLIED_STATUSES = {502, 503, 504}
 MAX_LOG_PAGES = 100
+# Manager.Reset types that restart the BMC, in the order preferred: a graceful restart lets
+# the BMC finish writing what it holds (its settings, an image it is still committing).
+MANAGER_RESTARTS = ("GracefulRestart", "ForceRestart")
 
 
 def choose_reset_types(action: str, allowed: set[str]) -> list[str]:
@@ -422,6 +428,65 @@ class RedfishBMC(PowerControl):
         if task_uri:
             return Task(root._conn, task_uri, redfish_version=root.redfish_version)
         return None
+
+    # -- the BMC itself ---------------------------------------------------------------------
+
+    def _manager(self) -> Any:
+        """The Manager serving the system: the only one, else the one whose
+        ManagerForServers links the system."""
+        root = self._sushy()
+        members = root.get_manager_collection().members_identities
+        if len(members) == 1:
+            return root.get_manager(members[0])
+        system = self._system().path
+        for member in members:
+            manager = root.get_manager(member)
+            servers = (manager.json.get("Links") or {}).get("ManagerForServers") or []
+            if any(link.get("@odata.id", "").rstrip("/") == system.rstrip("/")
+                   for link in servers if isinstance(link, dict)):
+                return manager
+        raise BMCUnsupported(f"{self.label}: none of the {len(members)} managers "
+                             f"({', '.join(members) or 'none'}) manages {system}")
+
+    def manager_reset_types(self) -> set[str]:
+        return self._call("read the manager's reset types", lambda: {
+            reset.value for reset in self._manager().get_allowed_reset_manager_values()
+        })
+
+    def reset_bmc(self, wait: float = BMC_RESET_WAIT_SECONDS,
+                  settle: float = BMC_RESET_SETTLE_SECONDS) -> str:
+        """Restart the BMC (Manager.Reset: GracefulRestart if offered, else ForceRestart),
+        then wait until its service root answers and the Manager reports Enabled/OK.
+        Returns the reset type sent."""
+        offered = self.manager_reset_types()
+        chosen = next((reset for reset in MANAGER_RESTARTS if reset in offered), None)
+        if chosen is None:
+            raise BMCUnsupported(f"{self.label}: the manager offers no "
+                                 f"{' or '.join(MANAGER_RESTARTS)} reset (it offers "
+                                 f"{', '.join(sorted(offered)) or 'none'})")
+        self._call(f"Manager.Reset ({chosen})",
+                   lambda: self._manager().reset_manager(res_cons.ResetType(chosen)),
+                   write=True)
+        wait_for_bmc_restart(self.label, self._manager_health, wait=wait,
+                             poll_interval=self.poll_interval, sleep=self.retry.sleep,
+                             settle=settle)
+        return chosen
+
+    def _manager_health(self) -> str | None:
+        """None when the service root answers and the Manager says Enabled/OK; else what
+        was seen. One attempt, no retries: the wait around it is the retry."""
+        try:
+            root = self._sushy()
+            root.refresh(force=True)  # the service root, read again
+            status = self._manager().json.get("Status") or {}
+        except sushy_exc.AccessError as exc:
+            raise self._translate(exc, "read the manager after its restart") from None
+        except (sushy_exc.SushyError, ValueError) as exc:
+            return str(self._translate(exc, "read the manager"))
+        state, health = status.get("State"), status.get("Health")
+        if (state, health) == ("Enabled", "OK"):
+            return None
+        return f"Manager Status State {state!r}, Health {health!r}"
 
     # -- system event log ----------------------------------------------------------------
 

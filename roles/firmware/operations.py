@@ -12,7 +12,9 @@ and the preview list the update and change nothing):
     3. BIOS/BMC through Redfish SimpleUpdate, the task polled to its end (roles/bmc);
        ConnectX through the node: `kiln-mirror fetch --sha256 --size` (the node checks the
        bytes it flashes) then `mlxfwmanager -u -i IMAGE -y -d DEVICE` per card out of date
-    4. the reset the images need, through the BMC (power cycle, wait for a new boot)
+    4. the resets the images need: a BMC image, the BMC's own restart (Manager.Reset or
+       `mc reset cold`, waiting until it answers as a working BMC again); BIOS and NIC
+       images, the system's reset through the BMC (power cycle, wait for a new boot)
     5. every source read again: each component must now run the pinned version
 
 `max_parallel_firmware` bounds how many nodes are in this operation at once: the deploy
@@ -65,6 +67,7 @@ logger = logging.getLogger("pyinfra")
 # Where the node keeps a NIC image between its checked download and the flash.
 NODE_BLOB_DIR = "/var/lib/kiln-firmware"
 SIMPLE_UPDATE_TIMEOUT = 1800.0
+BMC_RESTART_WAIT = 600.0  # a BMC booting a new image may take longer than a plain restart
 DEFAULT_LEDGER = "state/kiln.db"
 MLX_TOOL = "mlxfwmanager"
 SMI_TOOL = "nvidia-smi"
@@ -258,13 +261,13 @@ def _mlx_flash(state: State, host: Host, flash: Flash, url: str) -> bool:
     return True
 
 
-def _bmc_reset_note(state: State, host: Host, keys: list[str]) -> bool:
-    # roles/bmc has no Manager.Reset yet: the BMC runs its new image after its own restart.
-    # A BMC that applies it at the system reset (the lab's, sushy-tools has no Manager.Reset)
-    # passes the check below; one that does not fails it, naming the version still running.
-    host.log(f"firmware: the new {', '.join(keys)} image runs once the BMC restarts; kiln "
-             "cannot restart a BMC yet (no Manager.Reset in roles/bmc): it resets the system "
-             "and checks the version the BMC then reports", log_func=logger.info)
+def _bmc_restart(state: State, host: Host, keys: list[str]) -> bool:
+    """A BMC runs its new image once it restarts itself (Manager.Reset / mc reset cold);
+    the system's reset, which BIOS and NIC images need, does not restart the BMC."""
+    with closing(bmc_facts.bmc_for(host)) as bmc:
+        reset = bmc.reset_bmc(BMC_RESTART_WAIT)
+    host.log(f"firmware: BMC restarted ({reset}) to run the new {', '.join(keys)} image, "
+             "and answers again", log_func=logger.info)
     return True
 
 
@@ -298,9 +301,9 @@ def update_commands(plan: UpdatePlan, manifest_file: str, mirror_firmware: str,
         flasher = _redfish_flash if flash.update == "redfish" else _mlx_flash
         commands.append(_step(flasher, flash, urls[flash.key]))
     if "bmc-reset" in plan.resets:
-        commands.append(_step(_bmc_reset_note,
+        commands.append(_step(_bmc_restart,
                               [f.key for f in plan.flashes if f.activation == "bmc-reset"]))
-    if plan.resets:
+    if set(plan.resets) - {"bmc-reset"}:
         commands += [_step(_rebooted(command)) for command in bmc_operations.reboot_commands()]
     commands.append(_step(_verify, manifest_file))
     return commands

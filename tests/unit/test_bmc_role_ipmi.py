@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from roles.bmc import BMCAuthError, BMCError, BMCUnavailable, BMCUnsupported, RetryPolicy
+from roles.bmc import (
+    BMCAuthError,
+    BMCError,
+    BMCTimeout,
+    BMCUnavailable,
+    BMCUnsupported,
+    RetryPolicy,
+)
 from roles.bmc.ipmi import IpmiBMC
 from roles.bmc.parsers import (
     classify_failure,
@@ -415,3 +422,46 @@ def test_silent_bmc_is_retried_with_backoff_then_unavailable(ipmi_sim):
         bmc.power_state()
     assert "node svc-001" in str(failure.value) and "after 2 attempts" in str(failure.value)
     assert sleeps == [0.5]
+
+
+# -- restarting the BMC ------------------------------------------------------------------------
+
+
+class SilentAfterReset(Recorder):
+    """The real ipmi_sim behind it, but the first `silent` `mc info` runs after `mc reset
+    cold` get no answer, as from a BMC that is rebooting: ipmitool is pointed at a port where
+    nothing listens."""
+
+    def __init__(self, dead_port: int, silent: int):
+        super().__init__()
+        self.dead_port, self.silent, self.reset = str(dead_port), silent, False
+
+    def __call__(self, argv, **kwargs):
+        if argv[-3:] == ["mc", "reset", "cold"]:
+            self.reset = True
+        elif self.reset and self.silent and argv[-2:] == ["mc", "info"]:
+            self.silent -= 1
+            argv = [self.dead_port if i and argv[i - 1] == "-p" else a
+                    for i, a in enumerate(argv)]
+        return super().__call__(argv, **kwargs)
+
+
+@real_ipmi
+def test_bmc_reset_is_a_cold_reset_then_mc_info_answers_again(ipmi_sim):
+    runner = SilentAfterReset(free_udp_port(), silent=2)
+    bmc, _ = client(ipmi_sim, runner=runner)
+    assert bmc.reset_bmc(wait=30, settle=5) == "cold"
+    commands = [argv[argv.index("-R") + 2:] for argv, _ in runner.calls]
+    assert commands[0] == ["mc", "reset", "cold"]
+    # two unanswered probes (each followed by the -v look at why), then the answer
+    assert [c for c in commands if c[-2:] == ["mc", "info"]] == [["mc", "info"]] * 3
+    assert commands[-1] == ["mc", "info"]
+
+
+@real_ipmi
+def test_bmc_that_stays_silent_after_its_reset_is_a_timeout_naming_it(ipmi_sim):
+    runner = SilentAfterReset(free_udp_port(), silent=1000)
+    bmc, _ = client(ipmi_sim, runner=runner)
+    with pytest.raises(BMCTimeout, match=r"BMC 127\.0\.0\.1 \(ipmi, node svc-001\): the BMC "
+                       r"is not back 2 s after its restart \(last seen: ipmitool mc info"):
+        bmc.reset_bmc(wait=2)

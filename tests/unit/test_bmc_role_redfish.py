@@ -553,6 +553,60 @@ def test_update_of_an_unknown_component_lists_the_inventory(hpe_bmc):
 # -- pyinfra operations ----------------------------------------------------------------------------
 
 
+# -- restarting the BMC (Manager.Reset) --------------------------------------------------------
+
+MANAGER = "/redfish/v1/Managers/1"
+MANAGER_RESET = f"{MANAGER}/Actions/Manager.Reset"
+
+
+def offering(*resets: str) -> dict[str, Any]:
+    return {"Actions": {"#Manager.Reset": {"target": MANAGER_RESET,
+                                           "ResetType@Redfish.AllowableValues": list(resets)}}}
+
+
+def test_bmc_restart_is_graceful_and_waits_until_the_bmc_answers_again(hpe_bmc):
+    offered = resource(HPE, MANAGER)["Actions"]["#Manager.Reset"]
+    assert set(offered["ResetType@Redfish.AllowableValues"]) == {"ForceRestart",
+                                                                 "GracefulRestart"}
+    bmc = redfish(hpe_bmc.url)
+    bmc.power_state()  # connected: the service root was read before the restart
+    hpe_bmc.faults[("GET", "/redfish/v1")] = [503, 503]  # the BMC's web server is down
+    assert bmc.reset_bmc(wait=10, settle=10) == "GracefulRestart"
+    assert hpe_bmc.bodies("POST", MANAGER_RESET) == [{"ResetType": "GracefulRestart"}]
+    assert hpe_bmc.faults[("GET", "/redfish/v1")] == []  # both 503s were seen, then an answer
+
+
+def test_bmc_restart_falls_back_to_force_restart(hpe_bmc):
+    hpe_bmc.overlay[MANAGER] = offering("ForceRestart")
+    assert redfish(hpe_bmc.url).reset_bmc(wait=1, settle=0) == "ForceRestart"
+    assert hpe_bmc.bodies("POST", MANAGER_RESET) == [{"ResetType": "ForceRestart"}]
+
+
+def test_bmc_restart_the_manager_does_not_offer_is_refused_naming_the_bmc(hpe_bmc):
+    hpe_bmc.overlay[MANAGER] = offering("Nmi")
+    with pytest.raises(BMCUnsupported, match=r"^BMC 127.0.0.1 \(redfish, node gpu-017\): the "
+                       r"manager offers no GracefulRestart or ForceRestart reset \(it offers "
+                       r"Nmi\)"):
+        redfish(hpe_bmc.url).reset_bmc(wait=1)
+    assert hpe_bmc.bodies("POST", MANAGER_RESET) == []
+
+
+def test_a_manager_that_does_not_come_back_enabled_is_a_timeout(hpe_bmc):
+    hpe_bmc.overlay[MANAGER] = {"Status": {"State": "Starting"}}
+    with pytest.raises(BMCTimeout, match=r"^BMC 127.0.0.1 \(redfish, node gpu-017\): the BMC "
+                       r"is not back 0.3 s after its restart \(last seen: Manager Status "
+                       r"State 'Starting', Health 'OK'\)"):
+        redfish(hpe_bmc.url).reset_bmc(wait=0.3)
+    assert len(hpe_bmc.bodies("POST", MANAGER_RESET)) == 1
+
+
+def test_a_bmc_reset_that_may_have_reached_the_bmc_is_not_sent_again(hpe_bmc):
+    hpe_bmc.faults[("POST", MANAGER_RESET)] = [500]
+    with pytest.raises(BMCUnavailable, match="Manager.Reset \\(GracefulRestart\\).*not retried"):
+        redfish(hpe_bmc.url).reset_bmc(wait=1)
+    assert len(hpe_bmc.bodies("POST", MANAGER_RESET)) == 1
+
+
 @pytest.fixture
 def hpe_https_bmc(tls) -> Iterator[MockupBMC]:
     bmc = MockupBMC(HPE, tls)

@@ -10,6 +10,7 @@ import http.server
 import logging
 import ssl
 import threading
+import time
 
 import pytest
 import requests
@@ -22,15 +23,17 @@ from werkzeug.serving import make_server
 
 from lab.bmc import firmware
 from lab.bmc.redfish import write_htpasswd
-from lab.bmc.redfish_app import UpdateSettings, fetch_over_http, install
+from lab.bmc.redfish_app import RESTART_SECONDS, UpdateSettings, fetch_over_http, install
 from lab.bmc.redfish_driver import LabSystemsDriver, lab_system
 from lab.firmware_blobs import blob_bytes, blob_file_name
 from lab.hwsim.lab_hooks import prepare_node_hardware
 from lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
 from lab.tls import issue_cert
+from roles.bmc.redfish import RedfishBMC
 
 USER, PASSWORD = "kilntest", "s3cret-Password-20ch"
 OLD_BIOS = OLD_FIRMWARE["bios"]
+OLD_BMC = OLD_FIRMWARE["bmc"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def blobs(tmp_path_factory):
     firmware_dir = site / "firmware"
     firmware_dir.mkdir()
     for component, version in [("bios", OLD_BIOS), ("bios", FIRMWARE["bios"]),
-                               ("connectx7", "28.43.1014")]:
+                               ("bmc", OLD_BMC), ("connectx7", "28.43.1014")]:
         (firmware_dir / blob_file_name(component, version)).write_bytes(
             blob_bytes(component, version))
     tampered = bytearray(blob_bytes("bios", OLD_BIOS))
@@ -271,3 +274,87 @@ def test_tasks_are_listed_and_unknown_ones_are_404(client, bmc, blobs):
         response = requests.get(f"{bmc['root']}/TaskService/Tasks/{task_id}",
                                 auth=(USER, PASSWORD), verify=bmc["ca"])
         assert response.status_code == 404
+
+
+# -- Manager.Reset: the BMC restarts ----------------------------------------------------------
+
+
+def the_manager(client):
+    [manager] = client.get_manager_collection().get_members()
+    return manager
+
+
+def wait_until_answering(bmc, seconds: float = 10.0) -> list[int]:
+    """The service root's status codes, read until it answers 200 (bounded)."""
+    codes, deadline = [], time.monotonic() + seconds
+    while not codes or codes[-1] != 200:
+        assert time.monotonic() < deadline, f"the BMC did not answer again: {codes}"
+        codes.append(requests.get(bmc["root"], verify=bmc["ca"]).status_code)
+        time.sleep(0.1)
+    return codes
+
+
+def test_manager_offers_graceful_and_force_restart(client):
+    assert the_manager(client).get_allowed_reset_manager_values() == {
+        res_cons.ResetType.GRACEFUL_RESTART, res_cons.ResetType.FORCE_RESTART}
+
+
+@pytest.mark.parametrize("body", [{"ResetType": "On"}, {}, None])
+def test_bad_manager_reset_type_is_a_400_naming_it(bmc, client, body):
+    target = url(bmc, the_manager(client).path + "/Actions/Manager.Reset")
+    response = requests.post(target, json=body, auth=(USER, PASSWORD), verify=bmc["ca"])
+    assert response.status_code == 400
+    assert "ResetType" in response.json()["error"]["message"]
+    assert "GracefulRestart, ForceRestart" in response.json()["error"]["message"]
+    assert requests.get(bmc["root"], verify=bmc["ca"]).status_code == 200  # no restart
+
+
+def test_a_bmc_restart_runs_the_staged_bmc_image_and_leaves_the_bios_staged(client, blobs,
+                                                                            bmc):
+    lab = bmc["lab"]
+    task = run_update(client, f"{blobs}/{blob_file_name('bmc', OLD_BMC)}")
+    assert task.task_state == task_cons.TaskState.COMPLETED
+    assert "next BMC restart (Manager.Reset)" in task.messages[-1].message
+    task = run_update(client, f"{blobs}/{blob_file_name('bios', OLD_BIOS)}")
+    assert "next system reset" in task.messages[-1].message
+    assert firmware.staged_versions(lab, NODE) == {"bios": OLD_BIOS, "bmc": OLD_BMC}
+    assert the_manager(client).firmware_version == FIRMWARE["bmc"]  # staged, not running
+
+    the_manager(client).reset_manager(res_cons.ResetType.FORCE_RESTART)
+    restarting = requests.get(bmc["root"], verify=bmc["ca"])
+    assert restarting.status_code == 503 and 1 <= int(restarting.headers["Retry-After"]) <= 2
+    codes = wait_until_answering(bmc)
+    assert set(codes[:-1]) <= {503} and len(codes) > 1
+
+    assert the_manager(client).firmware_version == OLD_BMC
+    inventory = client.get_update_service().firmware_inventory
+    assert inventory.get_member(f"{inventory.path}/BMC").version == OLD_BMC
+    assert inventory.get_member(f"{inventory.path}/BIOS").version == FIRMWARE["bios"]
+    assert firmware.staged_versions(lab, NODE) == {"bios": OLD_BIOS}
+    reboot_node(lab)  # the system's reset runs the BIOS image
+    assert inventory.get_member(f"{inventory.path}/BIOS").version == OLD_BIOS
+    firmware.stage_version(lab, NODE, "bios", FIRMWARE["bios"])
+    reboot_node(lab)
+    assert firmware.running_versions(lab, NODE) == {"bios": FIRMWARE["bios"], "bmc": OLD_BMC}
+
+
+def test_roles_bmc_restarts_the_lab_bmc_and_waits_for_it(bmc):
+    lab = bmc["lab"]
+    firmware.stage_version(lab, NODE, "bmc", FIRMWARE["bmc"])
+    client = RedfishBMC(bmc["root"], username=USER, password=PASSWORD, verify=bmc["ca"],
+                        poll_interval=0.2, label="BMC 127.0.0.1 (redfish, node test)")
+    started = time.monotonic()
+    # settle past wait: returning at all shows the client saw the BMC go down and come back
+    assert client.reset_bmc(wait=30, settle=60) == "GracefulRestart"
+    assert RESTART_SECONDS * 0.5 <= time.monotonic() - started < 30
+    versions = {item.id: item.version for item in client.firmware_inventory()}
+    assert versions == {"BIOS": FIRMWARE["bios"], "BMC": FIRMWARE["bmc"]}
+    assert firmware.staged_versions(lab, NODE) == {}
+    client.close()
+
+
+def test_a_restart_with_nothing_staged_changes_no_version(client, bmc):
+    before = firmware.running_versions(bmc["lab"], NODE)
+    the_manager(client).reset_manager(res_cons.ResetType.GRACEFUL_RESTART)
+    wait_until_answering(bmc)
+    assert firmware.running_versions(bmc["lab"], NODE) == before

@@ -306,6 +306,68 @@ def test_update_commands_check_blobs_first_and_verify_last():
                         commands[1].args[2])
 
 
+def lab_plan(bios: str = "1.6.2", bmc: str = "1.08.00") -> Any:
+    """The plan for a lab node whose cards all run the pinned 28.43.1014."""
+    components = lab_components()
+    cards_at_pins = MLX.read_text().replace("28.39.1002", "28.43.1014")
+    statuses = observe(components, lab_redfish(bios=bios, bmc=bmc),
+                       parse_mlxfwmanager(cards_at_pins), parse_nvidia_smi_q(SMI.read_text()))
+    return plan_update(statuses, components, "firmware/lab.yaml")
+
+
+def step_names(plan: Any) -> list[str]:
+    commands = operations.update_commands(plan, "firmware/lab.yaml", "http://m/firmware/",
+                                          True, None)
+    return [command.args[0].__name__ for command in commands]
+
+
+def test_a_bmc_image_is_activated_by_restarting_the_bmc_not_the_system():
+    plan = lab_plan(bmc="1.06.00")
+    assert [flash.key for flash in plan.flashes] == ["bmc"] and plan.resets == ["bmc-reset"]
+    assert step_names(plan) == ["_check_blobs", "_drain", "_redfish_flash", "_bmc_restart",
+                                "_verify"]
+    both = lab_plan(bios="1.5.0", bmc="1.06.00")
+    assert step_names(both) == ["_check_blobs", "_drain", "_redfish_flash", "_redfish_flash",
+                                "_bmc_restart", "step", "_verify"]  # step: the system reset
+
+
+class RestartingBMC:
+    """Stands in for the node's BMC: records the restarts asked of it."""
+
+    def __init__(self, failure: Exception | None = None):
+        self.restarts: list[float] = []
+        self.closed = False
+        self.failure = failure
+
+    def reset_bmc(self, wait: float) -> str:
+        self.restarts.append(wait)
+        if self.failure:
+            raise self.failure
+        return "GracefulRestart"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_bmc_restart_step_restarts_the_bmc_and_a_failure_fails_the_node(monkeypatch):
+    from roles.bmc import BMCTimeout
+    from roles.bmc import facts as bmc_facts
+
+    bmc = RestartingBMC()
+    monkeypatch.setattr(bmc_facts, "bmc_for", lambda host: bmc)
+    state, host = StubState(), StubHost("gpu-003")
+    assert operations._recorded(state, host, operations._bmc_restart, ["bmc"]) is True
+    assert bmc.restarts == [operations.BMC_RESTART_WAIT] and bmc.closed
+    assert host.logged == ["firmware: BMC restarted (GracefulRestart) to run the new bmc "
+                           "image, and answers again"]
+    bmc = RestartingBMC(BMCTimeout("BMC 10.231.1.13 (redfish, node gpu-003): the BMC is not "
+                                   "back 600 s after its restart (last seen: HTTP 503)"))
+    assert operations._recorded(state, host, operations._bmc_restart, ["bmc"]) is False
+    assert host.logged[-1] == ("node gpu-003: BMC 10.231.1.13 (redfish, node gpu-003): the "
+                               "BMC is not back 600 s after its restart (last seen: HTTP 503)")
+    assert operations.rollout_for(state).failed == ["gpu-003"] and bmc.closed
+
+
 def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
     from roles.ledger import Ledger, NodeState
     from roles.pool import FilePool
