@@ -106,28 +106,17 @@ def install(
     app.lab_restarting_until = 0.0
     if "lab_firmware_inventory" not in app.view_functions:
         _add_routes(app)
-        app.wsgi_app = _RestartingBMC(app, app.wsgi_app)
     return app
 
 
-class _RestartingBMC:
-    """WSGI middleware: while the BMC restarts, every request gets 503 (Retry-After)."""
-
-    def __init__(self, app: Any, wsgi_app: Callable[..., Any]) -> None:
-        self.app, self.wsgi_app = app, wsgi_app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        left = getattr(self.app, "lab_restarting_until", 0.0) - time.monotonic()
-        if left > 0:
-            body = json.dumps({"error": {
-                "code": "Base.1.8.ServiceTemporarilyUnavailable",
-                "message": "The BMC is restarting; retry later.",
-            }}).encode()
-            start_response("503 SERVICE UNAVAILABLE", [
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                ("Retry-After", str(max(1, round(left))))])
-            return [body]
-        return self.wsgi_app(environ, start_response)
+def _answer_while_restarting() -> flask.Response | None:
+    """Flask before-request hook: while the BMC restarts, every request gets 503."""
+    left = getattr(_app(), "lab_restarting_until", 0.0) - time.monotonic()
+    if left <= 0:
+        return None
+    return _json({"error": {"code": "Base.1.8.ServiceTemporarilyUnavailable",
+                            "message": "The BMC is restarting; retry later."}},
+                 status=503, headers={"Retry-After": str(max(1, round(left)))})
 
 
 def _add_routes(app: flask.Flask) -> None:
@@ -147,6 +136,11 @@ def _add_routes(app: flask.Flask) -> None:
     )
     app.add_url_rule("/redfish/v1/Managers/<identity>/Actions/Manager.Reset",
                      "lab_manager_reset", manager_reset, methods=["POST"])
+    # Into Flask's list directly: `before_request` refuses an app that has served requests
+    # (sushy-tools' app is one per process; tests install it after it has served others).
+    # sushy-tools' basic auth is WSGI middleware around Flask and is re-applied by its
+    # `configure` unless it is outermost, so the hook goes inside Flask, not around it.
+    app.before_request_funcs.setdefault(None, []).insert(0, _answer_while_restarting)
 
 
 def _json(document: dict[str, Any], status: int = 200,
