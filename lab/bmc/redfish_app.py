@@ -19,8 +19,8 @@ routes, its htpasswd basic auth, its TLS. What the lab adds, and why:
 - `Manager.Reset` (sushy-tools has none), GracefulRestart or ForceRestart: the BMC
   restarts, so a staged BMC image becomes its running version (lab/bmc/firmware.py
   `activate_staged_bmc`; BIOS images wait for the system's reset), and for
-  `RESTART_SECONDS` every request is answered 503 with Retry-After, as a BMC's web server
-  does while its firmware comes up.
+  `RESTART_SECONDS` the service root and every authenticated request are answered 503 with
+  Retry-After, as a BMC's web server does while its firmware comes up.
 """
 
 from __future__ import annotations
