@@ -116,12 +116,17 @@ def _driver_log(driver: str, profile: dict[str, Any]) -> list[list[Any]]:
 
 
 def _apply_flashed(directory: Path, profile: dict[str, Any]) -> list[str]:
-    """Activate the images the node's tools left in flash/, as a card does at reset."""
+    """Activate the images the node's tools left in flash/, as a card does at reset (all but
+    a BMC image, which its BMC's restart activates)."""
     notes = []
     flash = directory / "flash"
     for blob in sorted(flash.glob("*.bin")) if flash.exists() else []:
         header = read_blob_header(blob.read_bytes()[:1024])
         target = blob.name.split("--", 1)[0] if "--" in blob.name else None
+        if header is not None and header[0] == "bmc":
+            # A BMC image runs when the BMC restarts (Manager.Reset, lab/bmc/firmware.py),
+            # not when the host resets: it stays staged.
+            continue
         if header is None or header[1] not in KNOWN_FIRMWARE.get(header[0], []):
             notes.append(f"{blob.name}: rejected (not a valid image)")
         elif header[0] == "connectx7":

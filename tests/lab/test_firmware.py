@@ -217,6 +217,8 @@ def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):
     for item, blob in (("BIOS", "lab-bios-1.6.2.bin"), ("BMC", "lab-bmc-1.08.00.bin")):
         assert re.search(rf"firmware: \S+ {item} <- {blob} through the BMC \(task "
                          rf"/redfish/v1/TaskService/Tasks/\S+: Completed\)", redfish), redfish
+    # The BMC image runs after the BMC's own restart (a host reset does not activate it).
+    assert "firmware: BMC restarted (GracefulRestart)" in redfish, redfish
     nic = node_lines(result, NIC_NODE)
     assert len(re.findall(r"firmware: connectx7 /dev/mst/\S+ <- lab-connectx7-28\.43\.1014\.bin "
                           r"\(mlxfwmanager\)", nic)) == 8, nic
