@@ -24,10 +24,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roles import FIRMWARE_DIR
 from roles.errors import ValidationFailed
+from roles.hostdata import settings_from_host_data
 from roles.manifest import Manifest, load_manifest, manifest_path
 
 # GPU/RDMA nodes. Every value is a reason, not folklore:
@@ -139,30 +140,7 @@ def data_key(field: str) -> str:
 def settings_from_data(data: Any, defaults: dict[str, Any]) -> BaseSettings:
     """Build the settings from host data (anything with .get); `defaults` fill unset keys
     (the ones that depend on the inventory, such as the NTP server)."""
-    values = dict(defaults)
-    for field in BaseSettings.model_fields:
-        value = data.get(data_key(field))
-        if value is not None:
-            values[field] = value
-    try:
-        return BaseSettings.model_validate(values)
-    except ValidationError as exc:
-        raise ValidationFailed(_problems(exc)) from None
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    problems = []
-    for item in exc.errors():
-        field, *rest = [str(part) for part in item["loc"]] or ["?"]
-        where = data_key(field) + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
-        if item["type"] == "missing":
-            message = "is not set"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown field (misspelt?)"
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"host data {where}: {message}")
-    return problems
+    return settings_from_host_data(BaseSettings, data, data_key, defaults)
 
 
 def firmware_dir(data: Any) -> Path:

@@ -40,9 +40,9 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from roles.errors import ValidationFailed
+from roles.hostdata import settings_from_host_data
 from roles.mirror.settings import ImageArchive
 
 PREFIX = "kiln_kraken_"
@@ -186,18 +186,4 @@ def data_key(field: str) -> str:
 
 def settings_from_data(data: Any) -> KrakenSettings:
     """Build the settings from a host's data (anything with .get); every problem reported."""
-    values = {}
-    for field in KrakenSettings.model_fields:
-        value = data.get(data_key(field))
-        if value is not None:
-            values[field] = value
-    try:
-        return KrakenSettings.model_validate(values)
-    except ValidationError as exc:
-        problems = []
-        for item in exc.errors():
-            field, *rest = [str(part) for part in item["loc"]]
-            where = data_key(field) + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
-            message = "field required" if item["type"] == "missing" else item["msg"]
-            problems.append(f"host data {where}: {message}")
-        raise ValidationFailed(problems) from None
+    return settings_from_host_data(KrakenSettings, data, data_key)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from roles.errors import ValidationFailed
+from roles.hostdata import settings_from_host_data
 
 PREFIX = "kiln_mirror_"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -148,21 +148,7 @@ def data_key(field: str) -> str:
 
 def settings_from_data(data: Any) -> MirrorSettings:
     """Build the settings from a host's data (anything with .get); every problem reported."""
-    values = {}
-    for field in MirrorSettings.model_fields:
-        value = data.get(data_key(field))
-        if value is not None:
-            values[field] = value
-    try:
-        return MirrorSettings.model_validate(values)
-    except ValidationError as exc:
-        problems = []
-        for item in exc.errors():
-            field, *rest = [str(part) for part in item["loc"]]
-            where = data_key(field) + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
-            message = "field required" if item["type"] == "missing" else item["msg"]
-            problems.append(f"host data {where}: {message}")
-        raise ValidationFailed(problems) from None
+    return settings_from_host_data(MirrorSettings, data, data_key)
 
 
 def require(settings: MirrorSettings, *fields: str) -> list[str]:

@@ -45,18 +45,18 @@ def test_bad_values_are_named_by_their_host_data_key():
         "kiln_kraken_ports": {"agent_registry": 70000},
     })
     text = "\n".join(found)
-    assert "host data kiln_kraken_images: Value error, unknown component(s) seeder" in text
+    assert "host data kiln_kraken_images: unknown component(s) seeder" in text
     assert "host data kiln_kraken_runtime: Input should be 'docker' or 'containerd'" in text
-    assert "host data kiln_kraken_allowed_cidrs: Value error, 'not-a-net' is not" in text
-    assert "host data kiln_kraken_trackers: Value error, 'tracker-without-port' is not " \
+    assert "host data kiln_kraken_allowed_cidrs: 'not-a-net' is not" in text
+    assert "host data kiln_kraken_trackers: 'tracker-without-port' is not " \
            "host:port" in text
-    assert "host data kiln_kraken_backends[0].namespace: Value error, '(' is not a " \
+    assert "host data kiln_kraken_backends[0].namespace: '(' is not a " \
            "regular expression" in text
-    assert "host data kiln_kraken_backends[0].registry: Value error, 'https://r.example'" in text
-    assert "host data kiln_kraken_store: Value error, an absolute directory" in text
+    assert "host data kiln_kraken_backends[0].registry: 'https://r.example'" in text
+    assert "host data kiln_kraken_store: an absolute directory" in text
     assert "host data kiln_kraken_ports.agent_registry: Input should be less than" in text
     bad_digest = problems({"kiln_kraken_images": {"agent": {**AGENT, "sha256": "XYZ"}}})
-    assert bad_digest == ["host data kiln_kraken_images.agent.sha256: Value error, must be "
+    assert bad_digest == ["host data kiln_kraken_images.agent.sha256: must be "
                           "64 lowercase hex digits"]
     untagged = problems({"kiln_kraken_images": {"agent": {**AGENT, "ref": "kraken-agent"}}})
     assert "is not an image reference with a tag" in untagged[0]
@@ -85,5 +85,5 @@ def test_an_image_pinned_twice_with_two_digests_is_refused():
 def test_mirror_settings_name_the_kraken_key():
     with pytest.raises(ValidationFailed) as caught:
         mirror_settings({"kiln_kraken_images": {"agent": {**AGENT, "file": "a/b.tar"}}})
-    assert caught.value.problems == ["host data kiln_kraken_images.agent.file: Value error, "
+    assert caught.value.problems == ["host data kiln_kraken_images.agent.file: "
                                      "a plain file name, no directory"]
