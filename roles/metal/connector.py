@@ -56,6 +56,16 @@ class MetalConnector(SSHConnector):
                 "once MAAS reports it Deployed"
             )
 
+    def get_file_transfer_connection(self) -> Any:
+        # pyinfra keeps one SFTP session per connector for the whole run. A node rebooted
+        # through its BMC mid-run (a driver change, firmware) gets a new SSH client, and its
+        # file transfers need a session on that client, not the dead one.
+        if getattr(self, "_transfer_client", None) is not self.client:
+            open_transfer = SSHConnector.get_file_transfer_connection.__wrapped__
+            self._transfer = open_transfer(self)
+            self._transfer_client = self.client
+        return self._transfer
+
     def run_shell_command(self, *args: Any, **kwargs: Any) -> Any:
         self._ensure_ssh()
         return super().run_shell_command(*args, **kwargs)
