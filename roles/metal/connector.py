@@ -66,6 +66,10 @@ class MetalConnector(SSHConnector):
             self._transfer_client = self.client
         return self._transfer
 
+    def disconnect(self) -> None:
+        # pyinfra's own clears its memoized session, which this connector does not use.
+        self._transfer = self._transfer_client = None
+
     def run_shell_command(self, *args: Any, **kwargs: Any) -> Any:
         self._ensure_ssh()
         return super().run_shell_command(*args, **kwargs)

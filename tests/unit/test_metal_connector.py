@@ -40,3 +40,13 @@ def test_a_new_ssh_client_gets_a_new_sftp_session(monkeypatch):
     node.client = Client("after the reboot")  # what roles.bmc's reboot leads to
     assert node.get_file_transfer_connection() == "sftp on after the reboot"
     assert opened == ["first boot", "after the reboot"]
+
+
+def test_disconnect_forgets_the_session(monkeypatch):
+    monkeypatch.setattr(pyinfra_ssh.SFTPClient, "from_transport",
+                        lambda transport: f"sftp on {transport.of}")
+    node = connector()
+    node.client = Client("first boot")
+    node.get_file_transfer_connection()
+    node.disconnect()  # what pyinfra calls at the end of a run
+    assert node._transfer is None
