@@ -217,7 +217,7 @@ def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
             print(f"kiln lab: {node}: stopping a leftover ipmi_sim (pid {pid}) bound to "
                   f"{address} UDP {port}", file=sys.stderr)
             try:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 5

@@ -53,14 +53,14 @@ from roles.firmware.facts import MlxFwManagerQuery
 from roles.firmware.observe import ComponentStatus, observe, sources_needed
 from roles.firmware.parsers import parse_mlxfwmanager
 from roles.firmware.plan import Flash, UpdatePlan, plan_update
-from roles.ledger import Ledger, NodeState
+from roles.ledger import NodeState
 from roles.manifest import FirmwareComponent, load_manifest
 from roles.mirror.render import NODE_TOOL
 from roles.nvidia.facts import NvidiaSmiQuery
 from roles.nvidia.parsers import parse_nvidia_smi_q
 from roles.parsing import ParseError
 from roles.pool import FilePool
-from roles.provision import will_be_imaged
+from roles.provision import ledger_for, will_be_imaged
 
 logger = logging.getLogger("pyinfra")
 
@@ -68,7 +68,6 @@ logger = logging.getLogger("pyinfra")
 NODE_BLOB_DIR = "/var/lib/kiln-firmware"
 SIMPLE_UPDATE_TIMEOUT = 1800.0
 BMC_RESTART_WAIT = 600.0  # a BMC booting a new image may take longer than a plain restart
-DEFAULT_LEDGER = "state/kiln.db"
 MLX_TOOL = "mlxfwmanager"
 SMI_TOOL = "nvidia-smi"
 
@@ -219,7 +218,7 @@ def _drain(state: State, host: Host, pool_file: str | None, reason: str) -> bool
     if node in pool.members():
         pool.drain(node, reason)
         host.log(f"pool: drained {node} ({reason})", log_func=logger.info)
-    ledger = Ledger(host.data.get("kiln_ledger") or DEFAULT_LEDGER)
+    ledger = ledger_for(host.data)
     try:
         # Out of the pool is out of `pooled`: only the gate moves it back, after its checks.
         if ledger.state(node) == NodeState.POOLED:
