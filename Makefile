@@ -10,9 +10,9 @@ STAMP := $(VENV)/.kiln-installed
 
 .PHONY: demo test lint unit lab-test host-packages venv clean
 
-# System packages the lab and the tests use: every name in lab/host-packages.txt.
+# System packages the lab and the tests use: every name in kiln/lab/host-packages.txt.
 host-packages:
-	@bash lab/ensure-host-packages lab/host-packages.txt
+	@bash kiln/lab/ensure-host-packages kiln/lab/host-packages.txt
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

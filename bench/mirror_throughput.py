@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.state import LabState, load_state  # noqa: E402
+from kiln.lab.state import LabState, load_state  # noqa: E402
 
 MIRROR_ROOT = "/srv/kiln-mirror"
 BENCH_FILE = "files/bench/throughput.bin"

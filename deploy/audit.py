@@ -3,6 +3,6 @@
     pyinfra inventory/prod.py deploy/audit.py
 """
 
-from roles.audit import audit
+from kiln.roles.audit import audit
 
 audit()

@@ -9,9 +9,9 @@ converged cluster a second run changes nothing.
 
 from pyinfra import host
 
-from roles.mirror import mirror
-from roles.pipeline import configure_and_gate
-from roles.provision import provision, will_be_imaged
+from kiln.pipeline import configure_and_gate
+from kiln.roles.mirror import mirror
+from kiln.roles.provision import provision, will_be_imaged
 
 provision()
 if will_be_imaged(host):

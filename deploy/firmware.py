@@ -15,6 +15,6 @@ the exit code says so. Nodes drained for the update stay out of the pool until t
 (bring-up) puts them back. A second run on an updated fleet changes nothing.
 """
 
-from roles.firmware import firmware
+from kiln.roles.firmware import firmware
 
 firmware(rolling=True)

@@ -18,7 +18,7 @@ with the right sha256 is left alone, and the run says `mirror: fetched 0 files, 
 
 from pyinfra import host
 
-from roles.mirror import mirror, mirror_clients
+from kiln.roles.mirror import mirror, mirror_clients
 
 if "service" in host.groups:
     mirror()

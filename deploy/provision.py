@@ -6,6 +6,6 @@ What deploy/bringup.py does first, for when imaging is all you want (a new rack 
 fabric is cabled, say). A node already deployed with its SKU's image is left alone.
 """
 
-from roles.provision import provision
+from kiln.roles.provision import provision
 
 provision()

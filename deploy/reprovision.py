@@ -8,8 +8,8 @@ stage. Only the nodes named by --limit are touched.
 
 from pyinfra import host
 
-from roles.pipeline import configure_and_gate
-from roles.provision import reprovision, will_be_imaged
+from kiln.pipeline import configure_and_gate
+from kiln.roles.provision import reprovision, will_be_imaged
 
 reprovision()
 if not will_be_imaged(host):

@@ -7,6 +7,6 @@ The state file is `$KILN_LAB_DIR/state.json` (default /var/lib/kiln-lab/state.js
 Groups: gpu, service (by node role) and rack_lab; every host is `@metal/<node>`.
 """
 
-from lab.inventory import inventory_groups
+from kiln.lab.inventory import inventory_groups
 
 globals().update(inventory_groups())

@@ -8,7 +8,7 @@ Groups: gpu, service, ufm (by node role) and rack_<name> (per rack). Every host 
 
 from pathlib import Path
 
-from roles import FIRMWARE_DIR
-from roles.inventory import inventory_groups
+from kiln.core.inventory import inventory_groups
+from kiln.core.paths import FIRMWARE_DIR
 
 globals().update(inventory_groups(Path(__file__).with_suffix(".yaml"), FIRMWARE_DIR))

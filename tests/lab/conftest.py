@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab.state import LabState, lab_dir, load_state
+from kiln.lab.state import LabState, lab_dir, load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -115,7 +115,7 @@ class LabShapes:
 def lab_shapes() -> LabShapes:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (namespaces, mounts, bridge); CI runs them as root")
-    from lab.rootfs import ensure_base
+    from kiln.lab.rootfs import ensure_base
 
     # Tests own the machine's lab: a lab left running by someone else is stopped first.
     kiln_lab("down")

@@ -6,9 +6,9 @@
 
 from pyinfra import host
 
-from roles.base import base
-from roles.infiniband import ofed
-from roles.nvidia import nvidia
+from kiln.roles.base import base
+from kiln.roles.infiniband import ofed
+from kiln.roles.nvidia import nvidia
 
 base()
 if "gpu" in host.groups:

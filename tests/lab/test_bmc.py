@@ -23,13 +23,13 @@ from sushy.resources import constants as res_cons
 from sushy.resources.system import constants as sys_cons
 from sushy.resources.taskservice import constants as task_cons
 
-import lab.bmc as lab_bmc
-from lab import netboot
-from lab.credentials import read_lab_secrets
-from lab.firmware_blobs import blob_file_name
-from lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
-from lab.nodes import ssh_banner
-from lab.state import LabState
+import kiln.lab.bmc as lab_bmc
+from kiln.lab import netboot
+from kiln.lab.credentials import read_lab_secrets
+from kiln.lab.firmware_blobs import blob_file_name
+from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
+from kiln.lab.nodes import ssh_banner
+from kiln.lab.state import LabState
 
 pytestmark = pytest.mark.lab
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from lab.inventory import lab_host_data
-from lab.nodes import ssh_banner
-from lab.state import LabState
-from roles import FIRMWARE_DIR
-from roles.bmc import BMCAuthError, BMCUnavailable, RetryPolicy, connect, operations
-from roles.bmc import facts as bmc_facts
-from roles.bmc.operations import image_sha256
-from roles.manifest import load_manifest
-from roles.secrets import load_secrets_file
+from kiln.core.manifest import load_manifest
+from kiln.core.paths import FIRMWARE_DIR
+from kiln.core.secrets import load_secrets_file
+from kiln.lab.inventory import lab_host_data
+from kiln.lab.nodes import ssh_banner
+from kiln.lab.state import LabState
+from kiln.roles.bmc import BMCAuthError, BMCUnavailable, RetryPolicy, connect, operations
+from kiln.roles.bmc import facts as bmc_facts
+from kiln.roles.bmc.operations import image_sha256
 
 pytestmark = pytest.mark.lab
 

@@ -23,16 +23,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import cluster
-from lab.firmware_blobs import blob_sha256
-from lab.hwsim.profile import KNOWN_FIRMWARE
-from roles.pool import FilePool
+from kiln.lab import cluster
+from kiln.lab.firmware_blobs import blob_sha256
+from kiln.lab.hwsim.profile import KNOWN_FIRMWARE
+from kiln.roles.pool import FilePool
 
 pytestmark = pytest.mark.lab
 
 REDFISH_NODE, NIC_NODE = NODES = ("gpu-004", "gpu-005")
 SERVICE = "svc-001"
-MANIFEST = "firmware/lab.yaml"
+MANIFEST = "kiln/firmware/lab.yaml"
 SUITE = "tests/lab/testinfra/test_firmware_versions.py"
 OLD = {"bios": KNOWN_FIRMWARE["bios"][0], "bmc": KNOWN_FIRMWARE["bmc"][0],
        "connectx7": KNOWN_FIRMWARE["connectx7"][0]}
@@ -96,7 +96,7 @@ class Firmware:
 
     def redfish(self, node: str) -> dict[str, str]:
         """BIOS and BMC versions the node's BMC reports (over Redfish, curl)."""
-        from roles.secrets import lookup
+        from kiln.core.secrets import lookup
 
         secret = lookup("bmc", ("username", "password"), secrets_file=self.lab.secrets_file)
         address = self.lab.node(node).bmc["address"]

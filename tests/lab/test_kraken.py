@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.inventory import LAB_REGISTRY_PORT
-from lab.tls import issue_cert
-from lab.vendor import build_repository, server
-from roles.kraken.configs import load_config
-from roles.kraken.settings import SERVICE_COMPONENTS
-from roles.kraken.structure import differences
+from kiln.lab.inventory import LAB_REGISTRY_PORT
+from kiln.lab.tls import issue_cert
+from kiln.lab.vendor import build_repository, server
+from kiln.roles.kraken.configs import load_config
+from kiln.roles.kraken.settings import SERVICE_COMPONENTS
+from kiln.roles.kraken.structure import differences
 
 pytestmark = pytest.mark.lab
 
@@ -91,7 +91,7 @@ class Kraken:
 
     def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
         deploy = self.work / "kraken_deploy.py"
-        deploy.write_text("from roles.kraken import kraken\n\nkraken()\n")
+        deploy.write_text("from kiln.roles.kraken import kraken\n\nkraken()\n")
         return subprocess.run(
             [str(self.labtools.bin / "pyinfra"), "-y", "inventory/lab.py", str(deploy), *args],
             cwd=self.labtools.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

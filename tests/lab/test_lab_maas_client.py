@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.inventory import lab_host_data
-from lab.state import LabState
-from roles.maas import (
+from kiln.core.manifest import load_manifest
+from kiln.lab.inventory import lab_host_data
+from kiln.lab.state import LabState
+from kiln.roles.maas import (
     MAASAuthError,
     MAASClient,
     Status,
@@ -31,9 +32,8 @@ from roles.maas import (
     lab_vendor_mirror,
     released,
 )
-from roles.maas.apicheck import RequestRecorder, SpecValidator
-from roles.maas.userdata import public_key_of
-from roles.manifest import load_manifest
+from kiln.roles.maas.apicheck import RequestRecorder, SpecValidator
+from kiln.roles.maas.userdata import public_key_of
 
 pytestmark = pytest.mark.lab
 
@@ -52,7 +52,7 @@ def _log_length(state: LabState) -> int:
 
 
 def test_release_commission_deploy_a_lab_node(lab, labtools):
-    from lab.maas_sim.openapi_check import check_requests, read_requests
+    from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
 
     node = next(n for n in reversed(lab.nodes) if n.role == "gpu")
     data = lab_host_data(lab, node)
@@ -61,7 +61,7 @@ def test_release_commission_deploy_a_lab_node(lab, labtools):
     identity = identity_for_host(data)
     progress: list[str] = []
     waiter = Waiter(poll_interval=1.0, progress=progress.append)
-    image = load_manifest(ROOT / "firmware" / "lab.yaml").os
+    image = load_manifest(ROOT / "kiln" / "firmware" / "lab.yaml").os
     key = (Path(lab.lab_dir) / "vendor" / "keys" / "lab-archive.asc").read_text()
     user_data = cloud_config([public_key_of(lab.ssh_key)],
                              lab_vendor_mirror(lab.endpoints["vendor_repo"], key))

@@ -22,9 +22,9 @@ import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from lab.credentials import read_lab_secrets
-from lab.maas_sim.openapi_check import check_requests, read_requests
-from lab.state import load_state
+from kiln.lab.credentials import read_lab_secrets
+from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
+from kiln.lab.state import load_state
 
 pytestmark = pytest.mark.lab
 

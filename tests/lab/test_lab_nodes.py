@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import cluster
-from lab.state import load_state
+from kiln.lab import cluster
+from kiln.lab.state import load_state
 
 pytestmark = pytest.mark.lab
 

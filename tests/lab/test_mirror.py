@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.state import LabState
-from lab.tls import issue_cert
-from lab.vendor import build_repository, server
-from roles.manifest import load_manifest
+from kiln.core.manifest import load_manifest
+from kiln.lab.state import LabState
+from kiln.lab.tls import issue_cert
+from kiln.lab.vendor import build_repository, server
 
 pytestmark = pytest.mark.lab
 
@@ -108,7 +108,7 @@ def fetched_report(output: str) -> tuple[int, int]:
 def test_first_run_fetches_the_pins_verified_and_signs(mirror: Mirror, first_run):
     output = first_run.stdout + first_run.stderr
     files, size = fetched_report(output)
-    manifest = load_manifest(ROOT / "firmware/lab.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/lab.yaml")
     blobs = [c.blob for c in manifest.firmware.values() if c.blob]
     assert files >= len(manifest.pinned_packages()) + len(blobs)
     assert size >= sum(blob.size for blob in blobs)
@@ -196,7 +196,7 @@ def test_uploads_are_refused_without_credentials_and_outside_upload_trees(mirror
 def test_apt_installs_a_pin_from_the_mirror_with_the_vendor_repository_cut(mirror: Mirror,
                                                                            first_run):
     node = mirror.gpu_nodes[0]
-    version = load_manifest(ROOT / "firmware/lab.yaml").pinned_packages()[PINNED]
+    version = load_manifest(ROOT / "kiln/firmware/lab.yaml").pinned_packages()[PINNED]
     # The cut: a policy-routing rule in the node's own network namespace refuses TCP to the
     # vendor repository (10.231.0.1:8081); everything else, the mirror and SSH, still works.
     rule = ["to", "10.231.0.1/32", "ipproto", "tcp", "dport", "8081", "prohibit"]
@@ -220,7 +220,7 @@ def test_apt_installs_a_pin_from_the_mirror_with_the_vendor_repository_cut(mirro
 
 def test_a_corrupted_blob_is_refused_by_its_sha256_and_the_next_run_repairs_it(mirror: Mirror,
                                                                                first_run):
-    manifest = load_manifest(ROOT / "firmware/lab.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/lab.yaml")
     blob = manifest.firmware["bios"].blob
     path = f"{MIRROR_ROOT}/firmware/{blob.file}"
     # Flip one byte in place, as a bad disk would.

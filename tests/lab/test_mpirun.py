@@ -24,12 +24,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab import cluster
-from lab.hwsim.tools import _perf
-from lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW
-from lab.hwsim.view import load_view
-from lab.state import LabState, load_state
-from roles.burnin.parsers import busbw_at, parse_nccl_tests
+from kiln.lab import cluster
+from kiln.lab.hwsim.tools import _perf
+from kiln.lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW
+from kiln.lab.hwsim.view import load_view
+from kiln.lab.state import LabState, load_state
+from kiln.roles.burnin.parsers import busbw_at, parse_nccl_tests
 
 pytestmark = pytest.mark.lab
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import cluster
-from lab.inventory import lab_host_data
+from kiln.lab import cluster
+from kiln.lab.inventory import lab_host_data
 
 pytestmark = pytest.mark.lab
 
 NODES = ("gpu-006", "gpu-007")
 DEPLOY = "tests/lab/pin_stack_deploy.py"
-MANIFEST = "firmware/lab.yaml"
+MANIFEST = "kiln/firmware/lab.yaml"
 REBOOTING = "rebooting through the BMC"
 # Lab nodes share their host's kernel: only settings that live in a network namespace.
 LAB_SYSCTL = {

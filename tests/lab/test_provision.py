@@ -17,19 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from lab import services
-from lab.inventory import lab_host_data
-from lab.maas_sim.openapi_check import check_requests, read_requests
-from lab.state import LabState
-from roles.maas.settings import client_for_host, identity_for_host
-from roles.manifest import load_manifest
+from kiln.core.manifest import load_manifest
+from kiln.lab import services
+from kiln.lab.inventory import lab_host_data
+from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
+from kiln.lab.state import LabState
+from kiln.roles.maas.settings import client_for_host, identity_for_host
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = ROOT / ".venv/bin/pyinfra"
 BOOT_FAIL = "gpu-004"
 DEAD_BMC = "gpu-005"
 HEALTHY = ["gpu-001", "gpu-002", "gpu-003", "svc-001"]
-IMAGE = load_manifest(ROOT / "firmware" / "lab.yaml").os
+IMAGE = load_manifest(ROOT / "kiln" / "firmware" / "lab.yaml").os
 
 
 def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import services
-from lab import ufm_sim as ufm_simulator
-from lab.credentials import read_lab_secrets
-from lab.ufm_sim import SERVICE, URL
-from lab.vendor import build_repository, server
-from roles.infiniband.parsers import parse_ibstat
+from kiln.lab import services
+from kiln.lab import ufm_sim as ufm_simulator
+from kiln.lab.credentials import read_lab_secrets
+from kiln.lab.ufm_sim import SERVICE, URL
+from kiln.lab.vendor import build_repository, server
+from kiln.roles.infiniband.parsers import parse_ibstat
 
 pytestmark = pytest.mark.lab
 

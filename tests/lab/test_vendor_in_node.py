@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.vendor import build_repository, server
+from kiln.lab.vendor import build_repository, server
 
 pytestmark = pytest.mark.lab
 
@@ -72,9 +72,9 @@ def test_installing_a_driver_version_installs_exactly_it_and_its_tools(node):
 def test_installed_tools_report_the_hardware_through_the_real_parsers(node, lab):
     """After install and a power cycle, the simulated tools on the node print what the
     parsers written against real captures read: the loaded driver, 8 H100s, 8 NDR HCAs."""
-    from lab import cluster
-    from roles.infiniband.parsers import parse_ibstat
-    from roles.nvidia.parsers import parse_nvidia_smi_q
+    from kiln.lab import cluster
+    from kiln.roles.infiniband.parsers import parse_ibstat
+    from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
 
     node(f"{APT} install {DRIVER}={V148} doca-ofed")
     # The running module is the one loaded at boot: before a reboot there is none.
@@ -110,7 +110,7 @@ def test_debian_packages_come_from_the_os_mirror(node):
 def test_dmesg_on_a_node_is_its_simulated_kernel_log(node, labtools):
     """`dmesg` on a node shows its hardware's boot log, and a fault injected at run time
     appears there the way an Xid does on a real node, read by the real-fixture parser."""
-    from roles.health.parsers import parse_kernel_log
+    from kiln.roles.health.parsers import parse_kernel_log
 
     clean = parse_kernel_log(node("dmesg"))
     assert clean["lines"] > 0 and clean["xids"] == []

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import firmware_blobs
-from lab.vendor import build_repository, server
-from lab.vendor.catalogue import FIRMWARE_VERSIONS
+from kiln.lab import firmware_blobs
+from kiln.lab.vendor import build_repository, server
+from kiln.lab.vendor.catalogue import FIRMWARE_VERSIONS
 
 pytestmark = pytest.mark.lab
 

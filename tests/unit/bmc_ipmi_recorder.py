@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from lab.bmc.ipmi_chassis import Chassis, run
+from kiln.lab.bmc.ipmi_chassis import Chassis, run
 
 
 class FilePower:

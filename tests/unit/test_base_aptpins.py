@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.vendor.catalogue import vendor_packages
-from roles.base import kernel_pin_set
-from roles.base.aptpins import (
+from kiln.core.manifest import Manifest, load_manifest
+from kiln.lab.vendor.catalogue import vendor_packages
+from kiln.roles.base import kernel_pin_set
+from kiln.roles.base.aptpins import (
     PIN_PRIORITY,
     Change,
     Pin,
@@ -24,13 +25,12 @@ from roles.base.aptpins import (
     upstream_version,
     with_companions,
 )
-from roles.base.parsers import parse_apt_cache_show, parse_preferences
-from roles.infiniband.pinsets import ofed_pin_sets
-from roles.manifest import Manifest, load_manifest
-from roles.nvidia.pinsets import nvidia_pin_sets
+from kiln.roles.base.parsers import parse_apt_cache_show, parse_preferences
+from kiln.roles.infiniband.pinsets import ofed_pin_sets
+from kiln.roles.nvidia.pinsets import nvidia_pin_sets
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB = ROOT / "firmware/lab.yaml"
+LAB = ROOT / "kiln/firmware/lab.yaml"
 V550 = "550.144.03-1kilnlab1"
 
 
@@ -153,7 +153,7 @@ def test_kernel_set_from_the_manifest():
     assert pins_of([kernel]) == {f"linux-{part}-6.1.0-28-kilnlab": "6.1.119-1kilnlab1"
                                  for part in ("image", "headers", "modules")}
     assert not kernel.remove_replaced
-    production = kernel_pin_set(load_manifest(ROOT / "firmware/hgx-h100-sxm.yaml"))
+    production = kernel_pin_set(load_manifest(ROOT / "kiln/firmware/hgx-h100-sxm.yaml"))
     assert pins_of([production])["linux-image-5.15.0-140-generic"] == "5.15.0-140.150"
 
 

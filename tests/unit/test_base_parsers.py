@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
-from roles.base.facts import AptPackageIndex, DebPackages, FileTexts, installed_versions
-from roles.base.parsers import (
+from kiln.core.parsing import ParseError
+from kiln.roles.base.facts import AptPackageIndex, DebPackages, FileTexts, installed_versions
+from kiln.roles.base.parsers import (
     parse_apt_cache_show,
     parse_apt_policy_sources,
     parse_dpkg_query,
@@ -15,7 +16,6 @@ from roles.base.parsers import (
     parse_preferences,
     parse_showhold,
 )
-from roles.parsing import ParseError
 
 # `apt-cache show openssh-client apt` on Debian bookworm (two versions of the first).
 APT_CACHE_SHOW = """\

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from roles.base.aptsources import from_host_data, signing_key, sources_indexed
-from roles.base.parsers import parse_apt_policy_sources
-from roles.base.settings import DEFAULT_SYSCTL, AptMirror, settings_from_data
-from roles.base.templates import render
-from roles.errors import KilnError, ValidationFailed
+from kiln.core.errors import KilnError, ValidationFailed
+from kiln.roles.base.aptsources import from_host_data, signing_key, sources_indexed
+from kiln.roles.base.parsers import parse_apt_policy_sources
+from kiln.roles.base.settings import DEFAULT_SYSCTL, AptMirror, settings_from_data
+from kiln.roles.base.templates import render
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_MIRROR = {

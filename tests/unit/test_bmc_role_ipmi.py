@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.bmc import (
+from kiln.core.parsing import ParseError
+from kiln.roles.bmc import (
     BMCAuthError,
     BMCError,
     BMCTimeout,
@@ -26,8 +27,8 @@ from roles.bmc import (
     BMCUnsupported,
     RetryPolicy,
 )
-from roles.bmc.ipmi import IpmiBMC
-from roles.bmc.parsers import (
+from kiln.roles.bmc.ipmi import IpmiBMC
+from kiln.roles.bmc.parsers import (
     classify_failure,
     failure_lines,
     parse_boot_flags,
@@ -36,7 +37,6 @@ from roles.bmc.parsers import (
     parse_sel_list,
     sel_severity,
 )
-from roles.parsing import ParseError
 
 SEL_ELIST = """\
 SDRR successfully erased

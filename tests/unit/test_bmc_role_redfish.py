@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.bmc.static import serve
-from lab.bmc.static import stop as stop_static
-from lab.tls import ensure_ca, issue_cert
-from roles.bmc import (
+from kiln.lab.bmc.static import serve
+from kiln.lab.bmc.static import stop as stop_static
+from kiln.lab.tls import ensure_ca, issue_cert
+from kiln.roles.bmc import (
     BMCAuthError,
     BMCError,
     BMCTaskFailed,
@@ -43,8 +43,8 @@ from roles.bmc import (
     RetryPolicy,
     connect,
 )
-from roles.bmc import facts as bmc_facts
-from roles.bmc.redfish import RedfishBMC, choose_reset_types
+from kiln.roles.bmc import facts as bmc_facts
+from kiln.roles.bmc.redfish import RedfishBMC, choose_reset_types
 
 ROOT = Path(__file__).resolve().parents[2]
 MOCKUPS = ROOT / "tests" / "fixtures" / "redfish"
@@ -194,7 +194,7 @@ def tls(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def hpe_https(tls) -> Iterator[int]:
     """sushy-static serving the HPE mockup over HTTPS with a certificate from a test CA."""
-    from lab.bmc.static import free_port, sushy_static_command
+    from kiln.lab.bmc.static import free_port, sushy_static_command
 
     port = free_port()
     process = subprocess.Popen(
@@ -637,7 +637,7 @@ def run_operation(data: dict[str, Any], op: Any, *args: Any,
 
 
 def test_operations_change_only_what_differs(hpe_https_bmc, tls, tmp_path, monkeypatch):
-    from roles.bmc import operations
+    from kiln.roles.bmc import operations
 
     for name in ("KILN_BMC_USERNAME", "KILN_BMC_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
@@ -659,7 +659,7 @@ def test_operations_change_only_what_differs(hpe_https_bmc, tls, tmp_path, monke
 
 def test_firmware_update_operation_checks_the_image_first(hpe_https_bmc, tls, tmp_path,
                                                            monkeypatch, caplog):
-    from roles.bmc import operations
+    from kiln.roles.bmc import operations
 
     for name in ("KILN_BMC_USERNAME", "KILN_BMC_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
@@ -690,8 +690,8 @@ def test_firmware_update_operation_checks_the_image_first(hpe_https_bmc, tls, tm
 
 
 def test_an_unreachable_bmc_fails_its_host_alone(tmp_path, tls, caplog):
-    from lab.bmc.static import free_port
-    from roles.bmc import operations
+    from kiln.lab.bmc.static import free_port
+    from kiln.roles.bmc import operations
 
     data = host_data(free_port(), secrets_file(tmp_path), ca_bundle=str(tls["ca"]))
     assert run_operation(data, operations.power, "on") == (False, True)
@@ -704,7 +704,7 @@ def test_an_unreachable_bmc_fails_its_host_alone(tmp_path, tls, caplog):
 
 
 def test_connect_chooses_by_protocol_and_reads_credentials(tmp_path):
-    from roles.bmc.ipmi import IpmiBMC
+    from kiln.roles.bmc.ipmi import IpmiBMC
 
     path = secrets_file(tmp_path)
     ipmi = connect({"kiln_node": "svc-001", "kiln_secrets_file": str(path),

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from test_bmc_sim_redfish_driver import PowerRecorder
 
-from lab.bmc import ipmi
-from lab.bmc.ipmi_chassis import Chassis, ChassisError, run
-from lab.hwsim.lab_hooks import prepare_node_hardware
-from lab.hwsim.profile import FIRMWARE
+from kiln.lab.bmc import ipmi
+from kiln.lab.bmc.ipmi_chassis import Chassis, ChassisError, run
+from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
+from kiln.lab.hwsim.profile import FIRMWARE
 
 NODE = "svc-001"
 USER, PASSWORD = "kilnabcdef", "Pw0123456789abcdefXY"  # 20 characters: IPMI 2.0's longest
@@ -113,7 +113,7 @@ def test_config_names_the_node_and_holds_no_password(lab):
     lan_conf, emu = ipmi.write_config(lab, NODE, "10.231.1.19", 623)
     text = lan_conf.read_text()
     assert "addr 10.231.1.19 623" in text
-    assert "-m lab.bmc.ipmi_chassis --lab" in text and f"--node {NODE}" in text
+    assert "-m kiln.lab.bmc.ipmi_chassis --lab" in text and f"--node {NODE}" in text
     assert not [line for line in text.splitlines() if line.split()[:1] == ["user"]]
     assert "mc_add 0x20 0 no-device-sdrs 0x01 0x1 0x08" in emu.read_text()
 

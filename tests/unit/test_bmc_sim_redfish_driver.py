@@ -10,11 +10,11 @@ import logging
 import pytest
 from sushy_tools import error
 
-from lab.bmc import firmware
-from lab.bmc.redfish_driver import LabSystemsDriver, lab_system
-from lab.firmware_blobs import blob_bytes
-from lab.hwsim.lab_hooks import on_node_boot, prepare_node_hardware
-from lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE, read_json, write_json
+from kiln.lab.bmc import firmware
+from kiln.lab.bmc.redfish_driver import LabSystemsDriver, lab_system
+from kiln.lab.firmware_blobs import blob_bytes
+from kiln.lab.hwsim.lab_hooks import on_node_boot, prepare_node_hardware
+from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE, read_json, write_json
 
 NODE = "gpu-001"
 

@@ -21,15 +21,15 @@ from sushy.resources.taskservice import constants as task_cons
 from test_bmc_sim_redfish_driver import NODE, PowerRecorder, reboot_node
 from werkzeug.serving import make_server
 
-from lab.bmc import firmware
-from lab.bmc.redfish import write_htpasswd
-from lab.bmc.redfish_app import RESTART_SECONDS, UpdateSettings, fetch_over_http, install
-from lab.bmc.redfish_driver import LabSystemsDriver, lab_system
-from lab.firmware_blobs import blob_bytes, blob_file_name
-from lab.hwsim.lab_hooks import prepare_node_hardware
-from lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
-from lab.tls import issue_cert
-from roles.bmc.redfish import RedfishBMC
+from kiln.lab.bmc import firmware
+from kiln.lab.bmc.redfish import write_htpasswd
+from kiln.lab.bmc.redfish_app import RESTART_SECONDS, UpdateSettings, fetch_over_http, install
+from kiln.lab.bmc.redfish_driver import LabSystemsDriver, lab_system
+from kiln.lab.firmware_blobs import blob_bytes, blob_file_name
+from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
+from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
+from kiln.lab.tls import issue_cert
+from kiln.roles.bmc.redfish import RedfishBMC
 
 USER, PASSWORD = "kilntest", "s3cret-Password-20ch"
 OLD_BIOS = OLD_FIRMWARE["bios"]

@@ -11,7 +11,7 @@ import requests
 import sushy
 from sushy.resources import constants as res_cons
 
-from lab.bmc.static import StaticServerError, serve
+from kiln.lab.bmc.static import StaticServerError, serve
 
 MOCKUPS = Path(__file__).resolve().parents[1] / "fixtures" / "redfish"
 HPE = MOCKUPS / "hpe-dl380a-gen11-h100nvl"

@@ -5,19 +5,19 @@ from pathlib import Path
 
 import yaml
 
-from roles.cli import main
+from kiln.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_files_pass(capsys):
-    files = [str(p) for p in sorted((ROOT / "firmware").glob("*.yaml"))]
+    files = [str(p) for p in sorted((ROOT / "kiln" / "firmware").glob("*.yaml"))]
     assert main(["check", *files, str(ROOT / "inventory/prod.yaml")]) == 0
     assert capsys.readouterr().out.count(": ok") == len(files) + 1
 
 
 def test_every_error_of_every_file_is_listed(tmp_path, capsys):
-    manifest = yaml.safe_load((ROOT / "firmware/lab.yaml").read_text())
+    manifest = yaml.safe_load((ROOT / "kiln/firmware/lab.yaml").read_text())
     manifest["sku"] = "bad"
     del manifest["packages"]["nvidia-driver"]["version"]
     del manifest["os"]
@@ -27,7 +27,7 @@ def test_every_error_of_every_file_is_listed(tmp_path, capsys):
     (tmp_path / "inv.yaml").write_text(yaml.safe_dump(inventory))
 
     code = main(["check", str(tmp_path / "bad.yaml"), str(tmp_path / "inv.yaml"),
-                 str(ROOT / "firmware/lab.yaml")])
+                 str(ROOT / "kiln/firmware/lab.yaml")])
     captured = capsys.readouterr()
     assert code == 1
     bad = tmp_path / "bad.yaml"

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 import yaml
 
-from roles.firmware import operations
-from roles.firmware.blobs import BlobRefused, blob_url, check_chunks
-from roles.firmware.observe import observe, sources_needed, version_matches
-from roles.firmware.parsers import parse_mlxfwmanager
-from roles.firmware.plan import plan_update
-from roles.manifest import Blob, FirmwareComponent, load_manifest
-from roles.nvidia.parsers import parse_nvidia_smi_q
+from kiln.core.manifest import Blob, FirmwareComponent, load_manifest
+from kiln.roles.firmware import operations
+from kiln.roles.firmware.blobs import BlobRefused, blob_url, check_chunks
+from kiln.roles.firmware.observe import observe, sources_needed, version_matches
+from kiln.roles.firmware.parsers import parse_mlxfwmanager
+from kiln.roles.firmware.plan import plan_update
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-LAB = ROOT / "firmware" / "lab.yaml"
+LAB = ROOT / "kiln" / "firmware" / "lab.yaml"
 HPE_INVENTORY = FIXTURES / "redfish/hpe-dl380a-gen11-h100nvl/UpdateService/FirmwareInventory"
 MLX = FIXTURES / "mlxfwmanager/query.h100x8.update-required.txt"
 SMI = FIXTURES / "nvidia-smi/q.h100x8.535.161.08.txt"
@@ -350,8 +350,8 @@ class RestartingBMC:
 
 
 def test_the_bmc_restart_step_restarts_the_bmc_and_a_failure_fails_the_node(monkeypatch):
-    from roles.bmc import BMCTimeout
-    from roles.bmc import facts as bmc_facts
+    from kiln.roles.bmc import BMCTimeout
+    from kiln.roles.bmc import facts as bmc_facts
 
     bmc = RestartingBMC()
     monkeypatch.setattr(bmc_facts, "bmc_for", lambda host: bmc)
@@ -369,8 +369,8 @@ def test_the_bmc_restart_step_restarts_the_bmc_and_a_failure_fails_the_node(monk
 
 
 def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
-    from roles.ledger import Ledger, NodeState
-    from roles.pool import FilePool
+    from kiln.core.ledger import Ledger, NodeState
+    from kiln.roles.pool import FilePool
 
     pool_file, ledger_file = tmp_path / "pool.yaml", tmp_path / "kiln.db"
     pool = FilePool(pool_file)
@@ -417,7 +417,7 @@ def test_the_deploy_bounds_the_operation_by_max_parallel_firmware(tmp_path):
     from pyinfra.api.connect import connect_all
     from pyinfra.api.deploy import add_deploy
 
-    from roles.firmware import firmware
+    from kiln.roles.firmware import firmware
 
     data = {"kiln_sku": "lab", "kiln_role": "gpu", "kiln_mirror_host": "10.0.0.1",
             "kiln_firmware_dir": str(manifest_dir(tmp_path, "m", "lab", 3))}
@@ -435,7 +435,7 @@ def test_a_fleet_of_several_skus_goes_at_the_most_cautious_pace(tmp_path):
 
     from pyinfra.context import ctx_host
 
-    from roles.firmware import fleet_parallel
+    from kiln.roles.firmware import fleet_parallel
 
     def node(sku: str, directory: Path, groups: tuple[str, ...] = ("gpu",)) -> Any:
         return SimpleNamespace(groups=groups, data={"kiln_sku": sku,

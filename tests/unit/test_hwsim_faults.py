@@ -8,12 +8,12 @@ import json
 import pytest
 from test_hwsim_helpers import Node, changed, snapshot
 
-from lab.hwsim.faults import KINDS, FaultError, load_faults_file
-from lab.hwsim.lab_hooks import NodeBootFailed, fault_command, on_node_boot
-from roles.burnin.parsers import parse_nccl_tests
-from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
-from roles.infiniband.parsers import parse_ibstat
-from roles.nvidia.parsers import parse_nvidia_smi_q, parse_nvlink
+from kiln.lab.hwsim.faults import KINDS, FaultError, load_faults_file
+from kiln.lab.hwsim.lab_hooks import NodeBootFailed, fault_command, on_node_boot
+from kiln.roles.burnin.parsers import parse_nccl_tests
+from kiln.roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
+from kiln.roles.infiniband.parsers import parse_ibstat
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_q, parse_nvlink
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_yaml_fault_file(tmp_path):
 
 
 def test_service_node_refuses_a_gpu_fault(tmp_path):
-    from lab.hwsim.lab_hooks import prepare_node_hardware
+    from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
 
     path = tmp_path / "faults.json"
     path.write_text(json.dumps({"faults": [{"node": "svc-01", "kind": "xid", "gpu": 0,
@@ -255,8 +255,8 @@ def test_kiln_lab_fault_at_run_time(healthy, tmp_path, monkeypatch, capsys):
 
 def test_two_node_busbw_reflects_both_participants(tmp_path, monkeypatch):
     """What rank 0 computes from the records every rank allgathers under mpirun."""
-    from lab.hwsim.tools import _perf, all_reduce_perf
-    from lab.hwsim.view import load_view
+    from kiln.lab.hwsim.tools import _perf, all_reduce_perf
+    from kiln.lab.hwsim.view import load_view
 
     def record(node: Node, host: str) -> dict:
         return {"host": host, "health": _perf.health(load_view(node.hw))}

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from lab.hwsim.lab_hooks import on_node_boot, prepare_node_hardware
+from kiln.lab.hwsim.lab_hooks import on_node_boot, prepare_node_hardware
 
 DRIVER = "570.148.08"
 
@@ -37,7 +37,7 @@ class Node:
         self.monkeypatch.setenv("KILN_HW_DIR", str(self.hw))
         self.monkeypatch.setenv("KILN_HW_FLASH_DIR", str(self.hw / "flash"))
         self.monkeypatch.setenv("KILN_HWSIM_DRIVER_VERSION_FILE", str(self.driver_file))
-        module = importlib.import_module(f"lab.hwsim.tools.{tool}")
+        module = importlib.import_module(f"kiln.lab.hwsim.tools.{tool}")
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = module.main(list(argv))

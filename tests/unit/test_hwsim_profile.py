@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE, generate_profile
+from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE, generate_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_service_node_has_no_gpus_or_hcas():
 
 
 def test_golden_firmware_is_what_the_lab_manifest_pins():
-    manifest = yaml.safe_load((ROOT / "firmware" / "lab.yaml").read_text())["firmware"]
+    manifest = yaml.safe_load((ROOT / "kiln" / "firmware" / "lab.yaml").read_text())["firmware"]
     for component in ("bios", "bmc", "connectx7", "gpu-vbios"):
         assert FIRMWARE[component] == str(manifest[component]["version"])
         assert OLD_FIRMWARE[component] != FIRMWARE[component]

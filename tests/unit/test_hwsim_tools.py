@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from test_hwsim_helpers import DRIVER, Node
 
-from lab.firmware_blobs import blob_bytes
-from lab.hwsim.lab_hooks import on_node_boot
-from roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
-from roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
-from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
-from roles.infiniband.parsers import parse_ibstat
-from roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
+from kiln.lab.firmware_blobs import blob_bytes
+from kiln.lab.hwsim.lab_hooks import on_node_boot
+from kiln.roles.burnin.parsers import parse_ib_write_bw, parse_nccl_tests
+from kiln.roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
+from kiln.roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
+from kiln.roles.infiniband.parsers import parse_ibstat
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -148,8 +148,8 @@ def test_all_reduce_perf_single_node(node):
 
 def _mpi_job(nodes: dict[str, Node], per_node: int, ngpus: int) -> list[dict]:
     """The records the processes of an `mpirun -N per_node … -g ngpus` job allgather."""
-    from lab.hwsim.tools.all_reduce_perf import process_record
-    from lab.hwsim.view import load_view
+    from kiln.lab.hwsim.tools.all_reduce_perf import process_record
+    from kiln.lab.hwsim.view import load_view
 
     return [process_record(load_view(node.hw), host, 100 + i, ngpus)
             for host, node in nodes.items() for i in range(per_node)]
@@ -163,7 +163,7 @@ def _two_nodes(tmp_path, monkeypatch, faults: list[dict] | None = None) -> dict[
 def test_all_reduce_perf_one_rank_per_gpu_drives_every_gpu(tmp_path, monkeypatch):
     """`-N 8 -g 1` (one rank per GPU, how multi-node burn-in runs nccl-tests): each process
     takes the GPU of its local rank, so the rank lines name all 16 GPUs by their bus ids."""
-    from lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
+    from kiln.lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
 
     nodes = _two_nodes(tmp_path, monkeypatch)
     opts = {"b": "1G", "e": "1G", "f": "2", "g": "1", "n": "20", "w": "5", "c": "1", "t": "1",
@@ -198,7 +198,7 @@ def test_all_reduce_perf_a_fault_on_any_gpu_of_any_participant(tmp_path, monkeyp
                                                                ngpus):
     """A slow NVLink or a GPU computing wrong results on the second node's GPU 5 shows in
     the report rank 0 prints, and every process exits non-zero on wrong results."""
-    from lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
+    from kiln.lab.hwsim.tools.all_reduce_perf import IB_RING_BUSBW, outcome
 
     opts = {"b": "1G", "e": "1G", "f": "2", "g": str(ngpus), "n": "20", "w": "5", "c": "1",
             "t": "1", "i": "0", "G": "0", "a": "1"}
@@ -220,7 +220,7 @@ def test_all_reduce_perf_a_fault_on_any_gpu_of_any_participant(tmp_path, monkeyp
 
 def test_all_reduce_perf_more_ranks_than_gpus_on_a_node(tmp_path, monkeypatch):
     """A ninth process on an 8-GPU node has no device: it prints CUDA's error, all exit 1."""
-    from lab.hwsim.tools.all_reduce_perf import outcome
+    from kiln.lab.hwsim.tools.all_reduce_perf import outcome
 
     nodes = _two_nodes(tmp_path, monkeypatch)
     records = _mpi_job(nodes, 9, 1)
@@ -254,8 +254,8 @@ class _Job:
 
 def test_all_reduce_perf_under_mpi_only_rank_0_prints(node, tmp_path, monkeypatch):
     """run() allgathers through the job's transport; rank 0 prints, every rank waits."""
-    from lab.hwsim.tools import all_reduce_perf
-    from lab.hwsim.view import load_view
+    from kiln.lab.hwsim.tools import all_reduce_perf
+    from kiln.lab.hwsim.view import load_view
 
     others = _mpi_job({"gpu-002": Node(tmp_path / "b", monkeypatch, name="gpu-002")}, 1, 8)
     monkeypatch.setenv("KILN_HWSIM_DRIVER_VERSION_FILE", str(node.driver_file))

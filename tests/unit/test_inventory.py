@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roles.errors import ValidationFailed
-from roles.inventory import load_cluster, pyinfra_groups
+from kiln.core.errors import ValidationFailed
+from kiln.core.inventory import load_cluster, pyinfra_groups
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
+FIRMWARE = ROOT / "kiln" / "firmware"
 
 
 @pytest.fixture

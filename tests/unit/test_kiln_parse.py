@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from roles.cli import main
+from kiln.cli import main
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

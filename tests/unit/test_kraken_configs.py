@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from roles.kraken import configs
-from roles.kraken.configs import KrakenConfigError, load_config
-from roles.kraken.settings import COMPONENTS, KrakenSettings
-from roles.kraken.structure import differences
+from kiln.roles.kraken import configs
+from kiln.roles.kraken.configs import KrakenConfigError, load_config
+from kiln.roles.kraken.settings import COMPONENTS, KrakenSettings
+from kiln.roles.kraken.structure import differences
 
 SPECS = Path(__file__).resolve().parents[1] / "fixtures/specs/kraken"
 SHA = "ab" * 32

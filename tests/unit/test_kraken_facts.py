@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from roles.kraken.facts import ImageLoaded
+from kiln.roles.kraken.facts import ImageLoaded
 
 REF = "kraken-agent:v0.1.4"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from roles.errors import ValidationFailed
-from roles.kraken.settings import settings_from_data
-from roles.mirror.plan import PlanError, build_plan
-from roles.mirror.settings import MirrorSettings
-from roles.mirror.settings import settings_from_data as mirror_settings
+from kiln.core.errors import ValidationFailed
+from kiln.roles.kraken.settings import settings_from_data
+from kiln.roles.mirror.plan import PlanError, build_plan
+from kiln.roles.mirror.settings import MirrorSettings
+from kiln.roles.mirror.settings import settings_from_data as mirror_settings
 
 SHA = "cd" * 32
 AGENT = {"ref": "kraken-agent:v0.1.4", "url": "https://images.example/agent.tar",

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from lab import netboot, services
-from lab.credentials import ensure_lab_secrets, read_lab_secrets
-from lab.state import LabState, StateError, parse_state, plan_nodes
-from lab.tls import ensure_ca, issue_cert
-from roles.secrets import lookup
+from kiln.core.secrets import lookup
+from kiln.lab import netboot, services
+from kiln.lab.credentials import ensure_lab_secrets, read_lab_secrets
+from kiln.lab.state import LabState, StateError, parse_state, plan_nodes
+from kiln.lab.tls import ensure_ca, issue_cert
 
 
 def test_lab_credentials_are_a_0600_kiln_secrets_file(tmp_path):
@@ -108,7 +108,7 @@ def test_a_bad_netboot_request_names_the_node(tmp_path, action, message):
 
 
 def test_commissioning_reports_inventory_not_faults():
-    from lab.hwsim.profile import generate_profile
+    from kiln.lab.hwsim.profile import generate_profile
 
     summary = netboot.hardware_summary(generate_profile("gpu-001", 1))
     assert len(summary["gpus"]) == 8 and len(summary["hcas"]) == 8

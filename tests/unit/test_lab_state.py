@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.host import LabError, require_tools
-from lab.inventory import inventory_groups, lab_groups
-from lab.rootfs import find_mirror
-from lab.state import LabState, StateError, parse_state, plan_nodes, save_state
+from kiln.lab.host import LabError, require_tools
+from kiln.lab.inventory import inventory_groups, lab_groups
+from kiln.lab.rootfs import find_mirror
+from kiln.lab.state import LabState, StateError, parse_state, plan_nodes, save_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,7 +175,7 @@ def test_no_bookworm_source_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_the_lab_says_it_needs_root(monkeypatch, capsys):
-    from lab.cli import run
+    from kiln.lab.cli import run
 
     # The one thing faked: who we are. Everything the command does after is real.
     monkeypatch.setattr("os.geteuid", lambda: 1000)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from roles.errors import KilnError
-from roles.ledger import InvalidTransition, Ledger, NodeState
-from roles.pool import FilePool
+from kiln.core.errors import KilnError
+from kiln.core.ledger import InvalidTransition, Ledger, NodeState
+from kiln.roles.pool import FilePool
 
 S = NodeState
 

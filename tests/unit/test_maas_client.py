@@ -22,8 +22,9 @@ from oauthlib.oauth1.rfc5849 import utils as oauth_utils
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from roles.errors import KilnError
-from roles.maas import (
+from kiln.core.errors import KilnError
+from kiln.core.secrets import MissingCredential
+from kiln.roles.maas import (
     ImageMismatch,
     MAASAuthError,
     MAASClient,
@@ -40,12 +41,11 @@ from roles.maas import (
     released,
     tagged,
 )
-from roles.maas.apicheck import RequestRecorder, SpecValidator, split_api_url
-from roles.maas.client import SentRequest, api_root
-from roles.maas.errors import MAASError
-from roles.maas.settings import client_for_host
-from roles.maas.userdata import AptMirror, AptSource, cloud_config, lab_vendor_mirror
-from roles.secrets import MissingCredential
+from kiln.roles.maas.apicheck import RequestRecorder, SpecValidator, split_api_url
+from kiln.roles.maas.client import SentRequest, api_root
+from kiln.roles.maas.errors import MAASError
+from kiln.roles.maas.settings import client_for_host
+from kiln.roles.maas.userdata import AptMirror, AptSource, cloud_config, lab_vendor_mirror
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "tests/fixtures/specs/maas-api-2.0-openapi.yaml"

@@ -19,10 +19,11 @@ import pytest
 from test_maas_sim_harness import SimHarness, build
 from werkzeug.serving import make_server
 
-from lab.maas_sim import requests_log_path
-from lab.maas_sim.api import create_app
-from lab.maas_sim.openapi_check import check_requests, read_requests
-from roles.maas import (
+from kiln.core.manifest import load_manifest
+from kiln.lab.maas_sim import requests_log_path
+from kiln.lab.maas_sim.api import create_app
+from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
+from kiln.roles.maas import (
     MAASAuthError,
     MAASClient,
     MachineFailed,
@@ -34,13 +35,12 @@ from roles.maas import (
     released,
     tagged,
 )
-from roles.maas.apicheck import RequestRecorder, SpecValidator
-from roles.maas.userdata import cloud_config, lab_vendor_mirror
-from roles.manifest import load_manifest
+from kiln.roles.maas.apicheck import RequestRecorder, SpecValidator
+from kiln.roles.maas.userdata import cloud_config, lab_vendor_mirror
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "tests/fixtures/specs/maas-api-2.0-openapi.yaml"
-IMAGE = load_manifest(ROOT / "firmware" / "lab.yaml").os
+IMAGE = load_manifest(ROOT / "kiln" / "firmware" / "lab.yaml").os
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKilnLabKeyForUnitTestsOnlyNotARealKey000 kiln"
 PGP_KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZexample\n-----END PGP PUBLIC KEY BLOCK-----"
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 from test_maas_sim_harness import FAST, SimHarness, build, system_id_of
 
-from lab import netboot
-from lab.maas_sim.lifecycle import ssh_keys_of, user_data_text
+from kiln.lab import netboot
+from kiln.lab.maas_sim.lifecycle import ssh_keys_of, user_data_text
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 from test_maas_sim_harness import SimHarness, build
 
-from lab.maas_sim.auth import TIMESTAMP_THRESHOLD, ApiKey, AuthError, OAuthChecker
+from kiln.lab.maas_sim.auth import TIMESTAMP_THRESHOLD, ApiKey, AuthError, OAuthChecker
 
 MACHINES = "/MAAS/api/2.0/machines/"
 

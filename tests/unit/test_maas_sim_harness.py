@@ -20,16 +20,16 @@ from typing import Any
 
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT, Client
 
-from lab import netboot
-from lab.credentials import ensure_lab_secrets, read_lab_secrets
-from lab.hwsim.profile import generate_profile
-from lab.maas_sim import write_fresh_store
-from lab.maas_sim.api import create_app
-from lab.maas_sim.enlist import lab_image
-from lab.maas_sim.lifecycle import Timing
-from lab.maas_sim.power import PowerError, PowerFatalError
-from lab.maas_sim.server import build_simulator
-from lab.state import LabState, plan_nodes, save_state
+from kiln.lab import netboot
+from kiln.lab.credentials import ensure_lab_secrets, read_lab_secrets
+from kiln.lab.hwsim.profile import generate_profile
+from kiln.lab.maas_sim import write_fresh_store
+from kiln.lab.maas_sim.api import create_app
+from kiln.lab.maas_sim.enlist import lab_image
+from kiln.lab.maas_sim.lifecycle import Timing
+from kiln.lab.maas_sim.power import PowerError, PowerFatalError
+from kiln.lab.maas_sim.server import build_simulator
+from kiln.lab.state import LabState, plan_nodes, save_state
 
 FAST = Timing(step=0.02, poll=0.01, commission_timeout=5, deploy_timeout=5,
               release_timeout=5, erase=0.02, power_waits=(0.01, 0.01, 0.01))
@@ -204,7 +204,7 @@ def build(root: Path, deployed: bool = False, timing: Timing = FAST, gpu: int = 
         state = make_lab(root, gpu, service)
         write_fresh_store(lab, state, deployed)
     else:
-        from lab.state import load_state
+        from kiln.lab.state import load_state
 
         state = load_state(lab)
     if bmcs is None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.hwsim.lab_hooks import prepare_node_hardware
-from lab.maas_sim.power import BmcCredentials, IpmiPower, PowerError, RedfishPower
-from lab.tls import issue_cert
+from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
+from kiln.lab.maas_sim.power import BmcCredentials, IpmiPower, PowerError, RedfishPower
+from kiln.lab.tls import issue_cert
 
 USER, PASSWORD = "kilnmaas", "Pw-maas-0123456789ab"  # 20 characters: IPMI's longest
 
@@ -36,9 +36,9 @@ sys.path.insert(0, sys.argv[1])
 from bmc_ipmi_recorder import FilePower
 from sushy_tools.emulator import main as emulator
 from werkzeug.serving import make_server
-from lab.bmc.redfish import write_htpasswd
-from lab.bmc.redfish_app import UpdateSettings, fetch_over_http, install
-from lab.bmc.redfish_driver import LabSystemsDriver, lab_system
+from kiln.lab.bmc.redfish import write_htpasswd
+from kiln.lab.bmc.redfish_app import UpdateSettings, fetch_over_http, install
+from kiln.lab.bmc.redfish_driver import LabSystemsDriver, lab_system
 lab, node, user, password = Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 emulator.app.configure(extra_config={
     "SUSHY_EMULATOR_AUTH_FILE": str(write_htpasswd(lab / "htpasswd", user, password)),
@@ -134,7 +134,7 @@ def free_udp_port() -> int:
 
 @pytest.fixture(scope="module")
 def ipmi(tmp_path_factory):
-    from lab.bmc import ipmi as lab_ipmi
+    from kiln.lab.bmc import ipmi as lab_ipmi
 
     lab = tmp_path_factory.mktemp("ipmi")
     node = "svc-001"

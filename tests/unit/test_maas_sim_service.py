@@ -20,10 +20,10 @@ from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 from test_maas_sim_harness import make_lab
 
-from lab.credentials import read_lab_secrets
-from lab.maas_sim.openapi_check import check_requests, read_requests
-from lab.state import save_state
-from lab.tls import ensure_ca
+from kiln.lab.credentials import read_lab_secrets
+from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
+from kiln.lab.state import save_state
+from kiln.lab.tls import ensure_ca
 
 
 def free_port() -> int:
@@ -45,7 +45,7 @@ def service(tmp_path_factory):
     port = free_port()
     log = open(root / "service.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lab.maas_sim", "--lab", str(lab), "--listen", "127.0.0.1",
+        [sys.executable, "-m", "kiln.lab.maas_sim", "--lab", str(lab), "--listen", "127.0.0.1",
          "--port", str(port), "--enlist", "new", "--step", "0.05", "--poll", "0.05",
          "--power-waits", "0.05,0.05"],
         stdout=log, stderr=subprocess.STDOUT,

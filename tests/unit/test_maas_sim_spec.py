@@ -19,8 +19,8 @@ import pytest
 import yaml
 from test_maas_sim_harness import SimHarness, build
 
-from lab.maas_sim.api import SPEC_LIST_FILTERS, SPEC_SIGNATURES
-from lab.maas_sim.openapi_check import (
+from kiln.lab.maas_sim.api import SPEC_LIST_FILTERS, SPEC_SIGNATURES
+from kiln.lab.maas_sim.openapi_check import (
     SPEC,
     RecordedRequest,
     SpecViolation,

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.firmware_blobs import blob_bytes, blob_file_name, blob_sha256
-from roles.errors import ValidationFailed
-from roles.manifest import GPU_STACK_PACKAGES, load_manifest
+from kiln.core.errors import ValidationFailed
+from kiln.core.manifest import GPU_STACK_PACKAGES, load_manifest
+from kiln.lab.firmware_blobs import blob_bytes, blob_file_name, blob_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "firmware").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "kiln" / "firmware").glob("*.yaml"))
 
 
 def write(tmp_path: Path, document: dict, name: str = "x") -> Path:
@@ -24,7 +24,7 @@ def write(tmp_path: Path, document: dict, name: str = "x") -> Path:
 
 @pytest.fixture
 def lab_doc() -> dict:
-    document = yaml.safe_load((ROOT / "firmware/lab.yaml").read_text())
+    document = yaml.safe_load((ROOT / "kiln/firmware/lab.yaml").read_text())
     document["sku"] = "x"
     return document
 
@@ -45,7 +45,7 @@ def test_shipped_manifests_are_valid(path):
 
 
 def test_production_manifest_pins_what_an_hgx_node_runs():
-    manifest = load_manifest(ROOT / "firmware/hgx-h100-sxm.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/hgx-h100-sxm.yaml")
     driver = manifest.packages["nvidia-driver"].version
     fabricmanager = manifest.packages["nvidia-fabricmanager"].version
     # fabric manager must run the driver's exact upstream version
@@ -58,7 +58,7 @@ def test_production_manifest_pins_what_an_hgx_node_runs():
 
 
 def test_lab_blobs_match_the_lab_generator():
-    manifest = load_manifest(ROOT / "firmware/lab.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/lab.yaml")
     for name, component in manifest.firmware.items():
         if component.blob is None:
             continue

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pyinfra.connectors.ssh as pyinfra_ssh
 
-from roles.metal.connector import MetalConnector
+from kiln.connectors.metal import MetalConnector
 
 
 class Client:

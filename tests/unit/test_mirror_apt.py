@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from roles.manifest import load_manifest
-from roles.mirror import aptrepo, nodetool
-from roles.mirror.plan import PlanError, build_plan
-from roles.mirror.resolve import AptResolver, ResolvedDeb, preferences_text, resolve_closure
-from roles.mirror.settings import AptUpstream, MirrorSettings
-from roles.mirror.signing import MirrorKey
+from kiln.core.manifest import load_manifest
+from kiln.roles.mirror import aptrepo, nodetool
+from kiln.roles.mirror.plan import PlanError, build_plan
+from kiln.roles.mirror.resolve import AptResolver, ResolvedDeb, preferences_text, resolve_closure
+from kiln.roles.mirror.settings import AptUpstream, MirrorSettings
+from kiln.roles.mirror.signing import MirrorKey
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "upstream"
@@ -117,7 +117,7 @@ def resolved(records_text: str) -> list[ResolvedDeb]:
 
 
 def test_plan_fetches_pins_and_manifest_firmware_with_their_digests():
-    manifest = load_manifest(ROOT / "firmware/lab.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/lab.yaml")
     settings = MirrorSettings(firmware_upstream="http://10.231.0.1:8081/firmware")
     plan = build_plan(settings, {"lab": manifest}, resolved(SHOW_OUTPUT), "PUBLIC KEY\n")
     by_path = {item.path: item for item in plan.fetch}
@@ -139,7 +139,7 @@ def test_plan_fetches_pins_and_manifest_firmware_with_their_digests():
 
 
 def test_plan_refuses_blobs_without_an_upstream_and_conflicting_digests():
-    manifest = load_manifest(ROOT / "firmware/lab.yaml")
+    manifest = load_manifest(ROOT / "kiln/firmware/lab.yaml")
     with pytest.raises(PlanError, match="kiln_mirror_firmware_upstream"):
         build_plan(MirrorSettings(), {"lab": manifest}, [], "K")
     image = {"url": "http://x/a.tar", "file": "a.tar"}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from roles.errors import ValidationFailed
-from roles.mirror import layout, render
-from roles.mirror.settings import settings_from_data
+from kiln.core.errors import ValidationFailed
+from kiln.roles.mirror import layout, render
+from kiln.roles.mirror.settings import settings_from_data
 
 
 def test_sums_text_is_what_sha256sum_check_reads(tmp_path: Path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from roles.mirror import nodetool
+from kiln.roles.mirror import nodetool
 
 TOOL = Path(nodetool.__file__)
 

@@ -11,24 +11,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roles.base.aptpins import PinError
-from roles.manifest import load_manifest
-from roles.nvidia import default_services
-from roles.nvidia.facts import NvidiaDriverState
-from roles.nvidia.operations import describe_running, reload_commands
-from roles.nvidia.parsers import parse_driver_state
-from roles.nvidia.pinsets import (
+from kiln.core.manifest import load_manifest
+from kiln.core.parsing import ParseError
+from kiln.roles.base.aptpins import PinError
+from kiln.roles.nvidia import default_services
+from kiln.roles.nvidia.facts import NvidiaDriverState
+from kiln.roles.nvidia.operations import describe_running, reload_commands
+from kiln.roles.nvidia.parsers import parse_driver_state
+from kiln.roles.nvidia.pinsets import (
     driver_branch,
     driver_family,
     driver_version,
     nvidia_pin_sets,
     unclaimed_keys,
 )
-from roles.parsing import ParseError
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB = ROOT / "firmware/lab.yaml"
-HGX = ROOT / "firmware/hgx-h100-sxm.yaml"
+LAB = ROOT / "kiln/firmware/lab.yaml"
+HGX = ROOT / "kiln/firmware/hgx-h100-sxm.yaml"
 
 NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
              "Make sure that the latest NVIDIA driver is installed and running.")

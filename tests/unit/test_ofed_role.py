@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roles.errors import ValidationFailed
-from roles.infiniband.pinsets import SCOPE, ofed_keys, ofed_pin_sets
-from roles.manifest import load_manifest
-from roles.nvidia.pinsets import nvidia_keys
+from kiln.core.errors import ValidationFailed
+from kiln.core.manifest import load_manifest
+from kiln.roles.infiniband.pinsets import SCOPE, ofed_keys, ofed_pin_sets
+from kiln.roles.nvidia.pinsets import nvidia_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB = ROOT / "firmware" / "lab.yaml"
-HGX = ROOT / "firmware" / "hgx-h100-sxm.yaml"
+LAB = ROOT / "kiln" / "firmware" / "lab.yaml"
+HGX = ROOT / "kiln" / "firmware" / "hgx-h100-sxm.yaml"
 
 
 def test_lab_pins_doca_ofed_in_its_own_preferences_file():

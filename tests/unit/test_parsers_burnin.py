@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.burnin.parsers import busbw_at, parse_ib_write_bw, parse_nccl_tests
-from roles.parsing import ParseError
+from kiln.core.parsing import ParseError
+from kiln.roles.burnin.parsers import busbw_at, parse_ib_write_bw, parse_nccl_tests
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NEW = "all_reduce_perf.a100x8.single-node.gcm.txt"   # redop root ... #wrong

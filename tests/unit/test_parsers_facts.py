@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
-from roles.burnin.facts import NcclTestsLog
-from roles.firmware.facts import MlxConfigQuery, MlxFwManagerQuery
-from roles.health.facts import DcgmiDiag, KernelLog
-from roles.infiniband.facts import IbStat, InfinibandSysfs
-from roles.nvidia.facts import NvidiaSmiCsv, NvidiaSmiQuery, NvlinkStatus
+from kiln.roles.burnin.facts import NcclTestsLog
+from kiln.roles.firmware.facts import MlxConfigQuery, MlxFwManagerQuery
+from kiln.roles.health.facts import DcgmiDiag, KernelLog
+from kiln.roles.infiniband.facts import IbStat, InfinibandSysfs
+from kiln.roles.nvidia.facts import NvidiaSmiCsv, NvidiaSmiQuery, NvlinkStatus
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

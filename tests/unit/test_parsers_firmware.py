@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
-from roles.parsing import ParseError
+from kiln.core.parsing import ParseError
+from kiln.roles.firmware.parsers import parse_mlxconfig, parse_mlxfwmanager
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
-from roles.parsing import ParseError
+from kiln.core.parsing import ParseError
+from kiln.roles.health.parsers import parse_dcgmi_diag, parse_kernel_log
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

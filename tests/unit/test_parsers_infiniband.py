@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.infiniband.parsers import parse_ibstat, parse_sysfs_infiniband, sysfs_listing
-from roles.parsing import ParseError
+from kiln.core.parsing import ParseError
+from kiln.roles.infiniband.parsers import parse_ibstat, parse_sysfs_infiniband, sysfs_listing
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
-from roles.parsing import ParseError
+from kiln.core.parsing import ParseError
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_csv, parse_nvidia_smi_q, parse_nvlink
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nvidia-smi"
 

@@ -5,8 +5,8 @@ import os
 import pytest
 import yaml
 
-from roles.errors import KilnError
-from roles.secrets import MASK, MissingCredential, Secret, lookup
+from kiln.core.errors import KilnError
+from kiln.core.secrets import MASK, MissingCredential, Secret, lookup
 
 
 def secrets_file(tmp_path, mode=0o600):

@@ -19,8 +19,8 @@ from test_ufm_sim_helpers import (
     profile,
 )
 
-from lab.hwsim import lab_hooks
-from lab.ufm_sim.app import create_app
+from kiln.lab.hwsim import lab_hooks
+from kiln.lab.ufm_sim.app import create_app
 
 API = "/ufmRest"
 

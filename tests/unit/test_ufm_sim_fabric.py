@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from test_ufm_sim_helpers import make_lab, profile
 
-from lab.hwsim import lab_hooks
-from lab.hwsim.tools import ibstat
-from lab.state import LabState, plan_nodes, save_state
-from lab.ufm_sim.fabric import FabricError, build_fabric, port_dname
-from roles.infiniband.parsers import parse_ibstat
+from kiln.lab.hwsim import lab_hooks
+from kiln.lab.hwsim.tools import ibstat
+from kiln.lab.state import LabState, plan_nodes, save_state
+from kiln.lab.ufm_sim.fabric import FabricError, build_fabric, port_dname
+from kiln.roles.infiniband.parsers import parse_ibstat
 
 
 def node_ibstat(lab, node, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import base64
 import json
 from pathlib import Path
 
-from lab.hwsim import lab_hooks
+from kiln.lab.hwsim import lab_hooks
 
 # §2.3 System object fields (the ones the reference confirms in a sample or in NVIDIA code)
 SYSTEM_FIELDS = {

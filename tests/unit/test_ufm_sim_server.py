@@ -13,9 +13,9 @@ import pytest
 import requests
 from test_ufm_sim_helpers import make_lab, profile
 
-from lab.credentials import ensure_lab_secrets, read_lab_secrets
-from lab.hwsim import lab_hooks
-from lab.tls import issue_cert
+from kiln.lab.credentials import ensure_lab_secrets, read_lab_secrets
+from kiln.lab.hwsim import lab_hooks
+from kiln.lab.tls import issue_cert
 
 
 def free_port() -> int:
@@ -31,7 +31,7 @@ def server(tmp_path, project_root):
     cert, key = issue_cert(lab, "ufm", ["127.0.0.1"])
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "lab.ufm_sim", "--lab", str(lab), "--address", "127.0.0.1",
+        [sys.executable, "-m", "kiln.lab.ufm_sim", "--lab", str(lab), "--address", "127.0.0.1",
          "--port", str(port), "--cert", str(cert), "--key", str(key)],
         cwd=project_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

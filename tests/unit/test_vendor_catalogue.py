@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import firmware_blobs
-from lab.vendor import catalogue
-from lab.vendor.catalogue import Package
+from kiln.lab import firmware_blobs
+from kiln.lab.vendor import catalogue
+from kiln.lab.vendor.catalogue import Package
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = yaml.safe_load((ROOT / "firmware" / "lab.yaml").read_text())
+MANIFEST = yaml.safe_load((ROOT / "kiln" / "firmware" / "lab.yaml").read_text())
 PACKAGES = catalogue.vendor_packages()
 VERSIONS: dict[str, list[str]] = defaultdict(list)
 for _package in PACKAGES:
@@ -208,7 +208,7 @@ def test_libnccl2_tells_the_simulated_tests_its_version():
 
 def test_the_vendor_site_serves_every_release_the_simulated_hardware_starts_at():
     """An "old" node must be able to fetch its current and its golden image."""
-    from lab.hwsim.profile import FIRMWARE, KNOWN_FIRMWARE, OLD_FIRMWARE
+    from kiln.lab.hwsim.profile import FIRMWARE, KNOWN_FIRMWARE, OLD_FIRMWARE
 
     for component, versions in catalogue.FIRMWARE_VERSIONS.items():
         assert {FIRMWARE[component], OLD_FIRMWARE[component]} <= set(versions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lab.vendor import catalogue, debs
+from kiln.lab.vendor import catalogue, debs
 
 
 def package(name: str, version: str) -> catalogue.Package:

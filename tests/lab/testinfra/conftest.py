@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import testinfra
 
-from roles.base.settings import DEFAULT_SYSCTL, manifest_for
-from roles.infiniband.pinsets import ofed_keys
-from roles.manifest import Manifest
-from roles.nvidia.pinsets import nvidia_keys
+from kiln.core.manifest import Manifest
+from kiln.roles.base.settings import DEFAULT_SYSCTL, manifest_for
+from kiln.roles.infiniband.pinsets import ofed_keys
+from kiln.roles.nvidia.pinsets import nvidia_keys
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -73,7 +73,7 @@ class Node:
             return {(source["uri"].rstrip("/"), f"{source['suite']}/{component}")
                     for source in mirror["sources"]
                     for component in source.get("components", ["main"])}
-        from roles.mirror.settings import settings_from_data
+        from kiln.roles.mirror.settings import settings_from_data
 
         settings = settings_from_data(self.data)
         address = settings.host or self.service_address

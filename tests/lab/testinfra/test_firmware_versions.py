@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from roles.firmware.parsers import parse_mlxfwmanager
-from roles.nvidia.parsers import parse_nvidia_smi_q
-from roles.secrets import lookup
+from kiln.core.secrets import lookup
+from kiln.roles.firmware.parsers import parse_mlxfwmanager
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
 
 INVENTORY = "/redfish/v1/UpdateService/FirmwareInventory"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roles.nvidia.parsers import parse_nvidia_smi_q
+from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
 
 
 def _pinned_driver(node) -> str:

@@ -1,0 +1,87 @@
+"""`@metal/<name>`: a bare-metal node known by its BMC and MAAS identity.
+
+A node kiln is bringing up has no OS at the start of the run, so this connector does not
+open SSH when pyinfra connects: API operations (MAAS, Redfish, IPMI) run on the controller
+as FunctionCommands and need no connection to the node. SSH is opened on first use, by the
+first operation or fact that runs a command on the node, and only once MAAS reports the
+machine Deployed (when the inventory names a MAAS server): before that there is no OS to
+log in to, and whatever answers on the address is not the node kiln means. Everything about
+the SSH session itself is pyinfra's own SSH connector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra.api.exceptions import ConnectError
+from pyinfra.connectors.ssh import SSHConnector
+
+from kiln.core.errors import KilnError
+
+
+class MetalConnector(SSHConnector):
+    """SSH to a node, opened lazily; the node's identity rides along in host data."""
+
+    @staticmethod
+    def make_names_data(name: str) -> Any:
+        if not name:
+            raise ValueError("@metal needs a node name: @metal/<hostname>")
+        # The plain node name, so `--limit gpu-017` selects it.
+        yield name, {}, ["metal"]
+
+    def connect(self) -> None:
+        # Deferred: a node with no OS yet is still a valid target for API operations.
+        return None
+
+    def _ensure_ssh(self) -> None:
+        if self.client is None:
+            self._require_deployed()
+            super().connect()
+
+    def _require_deployed(self) -> None:
+        data = self.host.data
+        if not data.get("kiln_maas_server"):
+            return  # no MAAS in this inventory: the node is installed some other way
+        from kiln.roles.maas.machine import Status
+        from kiln.roles.maas.settings import client_for_host, identity_for_host
+
+        node = data.get("kiln_node") or self.host.name
+        try:
+            machine = client_for_host(data).find(identity_for_host(data))
+        except (KilnError, OSError) as exc:
+            raise ConnectError(f"{node}: cannot tell whether it is deployed: {exc}") from None
+        if machine.status != Status.DEPLOYED:
+            raise ConnectError(
+                f"{node}: MAAS reports {machine.describe_status()}; kiln opens SSH only "
+                "once MAAS reports it Deployed"
+            )
+
+    def get_file_transfer_connection(self) -> Any:
+        # pyinfra keeps one SFTP session per connector for the whole run. A node rebooted
+        # through its BMC mid-run (a driver change, firmware) gets a new SSH client, and its
+        # file transfers need a session on that client, not the dead one.
+        if getattr(self, "_transfer_client", None) is not self.client:
+            open_transfer = SSHConnector.get_file_transfer_connection.__wrapped__
+            self._transfer = open_transfer(self)
+            self._transfer_client = self.client
+        return self._transfer
+
+    def disconnect(self) -> None:
+        # pyinfra's own clears its memoized session, which this connector does not use.
+        self._transfer = self._transfer_client = None
+
+    def run_shell_command(self, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_ssh()
+        return super().run_shell_command(*args, **kwargs)
+
+    def put_file(self, *args: Any, **kwargs: Any) -> bool:
+        self._ensure_ssh()
+        return super().put_file(*args, **kwargs)
+
+    def get_file(self, *args: Any, **kwargs: Any) -> bool:
+        self._ensure_ssh()
+        return super().get_file(*args, **kwargs)
+
+    def rsync(self, *args: Any, **kwargs: Any) -> bool:
+        self._ensure_ssh()
+        return super().rsync(*args, **kwargs)

@@ -1,0 +1,241 @@
+"""The ledger: each node's lifecycle state, every transition, every run and check result.
+
+SQLite (`state/kiln.db` by default, `kiln_ledger` in group data). It is the record, not the
+source of truth about a node — facts are gathered fresh on every run — but it is what says
+why a node is out of the pool, and what reports are rendered from.
+
+Lifecycle states are named after Ironic's, and as in Ironic every transition is explicit:
+`transition()` refuses a move the table below does not allow, so a node can only reach the
+pool from burn-in, and only through the gate.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from kiln.core.errors import KilnError
+
+
+class NodeState(StrEnum):
+    ENROLLED = "enrolled"
+    COMMISSIONING = "commissioning"
+    READY = "ready"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    CONFIGURED = "configured"
+    BURNING_IN = "burning-in"
+    POOLED = "pooled"
+    QUARANTINED = "quarantined"
+    REPROVISIONING = "reprovisioning"
+
+
+S = NodeState
+# Every allowed move. Quarantine is reachable from every working state: a failure anywhere
+# takes the node out with a reason. Reprovisioning restarts the cycle from any settled state.
+TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    # A machine MAAS already commissioned or deployed before kiln first saw it is adopted
+    # where it stands (the reason says "found ... in MAAS").
+    S.ENROLLED: frozenset({S.COMMISSIONING, S.READY, S.DEPLOYING, S.DEPLOYED, S.QUARANTINED}),
+    S.COMMISSIONING: frozenset({S.READY, S.QUARANTINED}),
+    S.READY: frozenset({S.DEPLOYING, S.COMMISSIONING, S.QUARANTINED}),
+    S.DEPLOYING: frozenset({S.DEPLOYED, S.QUARANTINED}),
+    S.DEPLOYED: frozenset({S.CONFIGURED, S.QUARANTINED, S.REPROVISIONING}),
+    S.CONFIGURED: frozenset({S.BURNING_IN, S.QUARANTINED, S.REPROVISIONING}),
+    S.BURNING_IN: frozenset({S.POOLED, S.QUARANTINED}),
+    S.POOLED: frozenset({S.CONFIGURED, S.QUARANTINED, S.REPROVISIONING}),
+    # Out of quarantine only through work that proves the node again: a new commissioning,
+    # a release for a new deploy (MAAS's way back from Failed deployment), a reprovision,
+    # or the configure stage of a node that was only quarantined by a later check.
+    S.QUARANTINED: frozenset({S.REPROVISIONING, S.COMMISSIONING, S.READY, S.CONFIGURED}),
+    S.REPROVISIONING: frozenset({S.COMMISSIONING, S.QUARANTINED}),
+}
+
+
+class InvalidTransition(KilnError):
+    pass
+
+
+@dataclass(frozen=True)
+class Transition:
+    node: str
+    from_state: NodeState | None
+    to_state: NodeState
+    reason: str
+    run_id: int | None
+    at: float
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    run_id INTEGER REFERENCES runs(id),
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deploy TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    run_id INTEGER REFERENCES runs(id),
+    name TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
+CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
+"""
+
+
+class Ledger:
+    """One SQLite file; safe to open from several processes (WAL, short transactions)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def state(self, node: str) -> NodeState | None:
+        row = self._db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
+        return NodeState(row[0]) if row else None
+
+    def reason(self, node: str) -> str:
+        row = self._db.execute("SELECT reason FROM nodes WHERE name = ?", (node,)).fetchone()
+        return row[0] if row else ""
+
+    def enroll(self, node: str, run_id: int | None = None) -> bool:
+        """Record a node the first time kiln sees it; False when it was known already."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM nodes WHERE name = ?", (node,)).fetchone():
+                return False
+            now = time.time()
+            db.execute(
+                "INSERT INTO nodes (name, state, updated_at) VALUES (?, ?, ?)",
+                (node, S.ENROLLED, now),
+            )
+            db.execute(
+                "INSERT INTO transitions (node, from_state, to_state, reason, run_id, at) "
+                "VALUES (?, NULL, ?, 'enrolled', ?, ?)",
+                (node, S.ENROLLED, run_id, now),
+            )
+        return True
+
+    def transition(
+        self, node: str, to_state: NodeState, reason: str = "", run_id: int | None = None
+    ) -> Transition | None:
+        """Move a node; None when it is already there (recorded once, not per run)."""
+        to_state = NodeState(to_state)
+        with self._write() as db:
+            row = db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
+            if row is None:
+                raise InvalidTransition(f"node {node}: not enrolled in the ledger {self.path}")
+            from_state = NodeState(row[0])
+            if from_state == to_state:
+                if reason:
+                    db.execute("UPDATE nodes SET reason = ? WHERE name = ?", (reason, node))
+                return None
+            if to_state not in TRANSITIONS[from_state]:
+                allowed = ", ".join(sorted(TRANSITIONS[from_state]))
+                raise InvalidTransition(
+                    f"node {node}: {from_state} -> {to_state} is not allowed "
+                    f"(from {from_state}: {allowed})"
+                )
+            now = time.time()
+            db.execute(
+                "UPDATE nodes SET state = ?, reason = ?, updated_at = ? WHERE name = ?",
+                (to_state, reason, now, node),
+            )
+            db.execute(
+                "INSERT INTO transitions (node, from_state, to_state, reason, run_id, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (node, from_state, to_state, reason, run_id, now),
+            )
+        return Transition(node, from_state, to_state, reason, run_id, now)
+
+    def history(self, node: str) -> list[Transition]:
+        rows = self._db.execute(
+            "SELECT node, from_state, to_state, reason, run_id, at FROM transitions "
+            "WHERE node = ? ORDER BY id",
+            (node,),
+        ).fetchall()
+        return [
+            Transition(n, NodeState(f) if f else None, NodeState(t), r, run, at)
+            for n, f, t, r, run, at in rows
+        ]
+
+    def nodes(self) -> dict[str, tuple[NodeState, str]]:
+        rows = self._db.execute("SELECT name, state, reason FROM nodes ORDER BY name")
+        return {name: (NodeState(state), reason) for name, state, reason in rows}
+
+    def start_run(self, deploy: str) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (deploy, started_at) VALUES (?, ?)", (deploy, time.time())
+            )
+        return int(cursor.lastrowid)
+
+    def finish_run(self, run_id: int, result: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, result = ? WHERE id = ?",
+                (time.time(), result, run_id),
+            )
+
+    def record_check(
+        self,
+        node: str,
+        name: str,
+        passed: bool,
+        value: float | None = None,
+        detail: str = "",
+        run_id: int | None = None,
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO checks (node, run_id, name, passed, value, detail, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (node, run_id, name, int(passed), value, detail, time.time()),
+            )
+
+    def checks(self, node: str) -> list[tuple[str, bool, float | None, str]]:
+        rows = self._db.execute(
+            "SELECT name, passed, value, detail FROM checks WHERE node = ? ORDER BY id", (node,)
+        )
+        return [(name, bool(passed), value, detail) for name, passed, value, detail in rows]
