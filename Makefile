@@ -24,6 +24,7 @@ venv: $(STAMP)
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 unit: venv
 	$(BIN)/pytest tests/unit
@@ -34,6 +35,7 @@ lab-test: venv host-packages
 
 test: venv host-packages
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest tests
 
 demo: venv host-packages

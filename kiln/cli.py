@@ -69,14 +69,26 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mirror_init_key(args: argparse.Namespace) -> int:
+    from kiln.roles.mirror.signing import init_key
+
+    state = Path(args.state).expanduser()
+    fingerprint, made = init_key(state)
+    print(f"{'made' if made else 'kept'} the cluster's mirror signing key {fingerprint} "
+          f"in {state} (public half: {state / 'mirror-key.asc'})")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
+    # Imported here: only `kiln lab` and `kiln demo` load the lab, whose simulators need the
+    # kiln[lab] extra (flask, sushy-tools) that a production controller does not install.
     from kiln.lab.cli import run as lab_run
 
     return lab_run(args.lab_args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kiln.lab.demo import run as demo_run
+    from kiln.lab.demo import run as demo_run  # the lab, as in cmd_lab
 
     return demo_run(args)
 
@@ -96,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("tool", metavar="TOOL")
     parse.add_argument("file", metavar="FILE")
     parse.set_defaults(func=cmd_parse)
+
+    mirror = commands.add_parser("mirror", help="the local file mirror's controller side")
+    mirror_commands = mirror.add_subparsers(dest="mirror_command", required=True)
+    init_key = mirror_commands.add_parser(
+        "init-key", help="make the cluster's mirror signing key once (kept if it exists)")
+    init_key.add_argument("--state", default="state/mirror",
+                          help="the controller's mirror state: group data kiln_mirror_state "
+                               "(default: state/mirror)")
+    init_key.set_defaults(func=cmd_mirror_init_key)
 
     lab = commands.add_parser("lab", help="the simulated cluster: up, down, status, fault")
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)

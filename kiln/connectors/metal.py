@@ -16,6 +16,7 @@ from typing import Any
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 
 
@@ -39,15 +40,18 @@ class MetalConnector(SSHConnector):
             super().connect()
 
     def _require_deployed(self) -> None:
-        data = self.host.data
-        if not data.get("kiln_maas_server"):
-            return  # no MAAS in this inventory: the node is installed some other way
+        context = node_context(self.host)
+        try:
+            if context.maas_server is None:
+                return  # no MAAS in this inventory: the node is installed some other way
+        except KilnError as exc:
+            raise ConnectError(str(exc)) from None
         from kiln.roles.maas.machine import Status
         from kiln.roles.maas.settings import client_for_host, identity_for_host
 
-        node = data.get("kiln_node") or self.host.name
+        node = context.label
         try:
-            machine = client_for_host(data).find(identity_for_host(data))
+            machine = client_for_host(context).find(identity_for_host(context))
         except (KilnError, OSError) as exc:
             raise ConnectError(f"{node}: cannot tell whether it is deployed: {exc}") from None
         if machine.status != Status.DEPLOYED:

@@ -13,18 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kiln.core.errors import ValidationFailed, pydantic_problems
 from kiln.core.manifest import known_skus
+from kiln.core.models import Strict
 from kiln.core.yamlfile import read_yaml_mapping
 
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _GROUP = re.compile(r"^[A-Za-z0-9_]+$")
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _address(value: str) -> str:

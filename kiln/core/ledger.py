@@ -109,6 +109,27 @@ CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
 """
 
 
+def recorded_state(path: Path | str, node: str) -> NodeState | None:
+    """The node's state as the ledger at `path` records it, read without writing anything:
+    no file is made when there is none, no schema is applied. What a run reads while it
+    plans (a preview too), before any yielded command changes the record."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    # Without a write-ahead log left beside it the file is all there is: read it as
+    # immutable (no lock, no -shm file). With one, a read-only connection reads both.
+    wal = path.with_name(path.name + "-wal").exists()
+    mode = "mode=ro" if wal else "mode=ro&immutable=1"
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # a file with no ledger in it yet
+    finally:
+        db.close()
+    return NodeState(row[0]) if row else None
+
+
 class Ledger:
     """One SQLite file; safe to open from several processes (WAL, short transactions)."""
 

@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kiln.core.errors import ValidationFailed, pydantic_problems
+from kiln.core.models import Strict
 from kiln.core.yamlfile import read_yaml_mapping
 
 # Package keys every GPU SKU must pin; fabric manager only where NVSwitches are.
@@ -36,11 +37,6 @@ _DEB_VERSION = re.compile(r"^(\d+:)?[0-9][A-Za-z0-9.+~-]*$")
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a misspelt key must not silently fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KernelPin(Strict):

@@ -16,6 +16,17 @@ class ParseError(KilnError):
     """Input that is not what the tool prints; the message names the line."""
 
 
+class LauncherError(ParseError):
+    """The launcher (`mpirun`, `srun`) failed or aborted the job: its own error text is in
+    the output, so the tool's report is missing or cut short. Not the tool's fault, and not
+    unreadable output: `launcher` names which one, `line` where it said so, and `partial`
+    holds what the tool had printed before (the parser's result so far, or None)."""
+
+    def __init__(self, launcher: str, line: int, text: str, partial: Any = None):
+        self.launcher, self.line, self.text, self.partial = launcher, line, text, partial
+        super().__init__(f"line {line}: {launcher} failed: {text}")
+
+
 def parse_fact_output(parser: Callable[[str], Any], output: list[str]) -> Any:
     """A fact's process(): run `parser` on pyinfra's output lines; a parse failure becomes
     pyinfra's FactProcessError, so the host fails with the parser's message (the line)."""

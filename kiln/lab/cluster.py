@@ -33,11 +33,13 @@ from kiln.lab.state import (
     StateError,
     lab_dir,
     load_state,
+    mirror_state_dir,
     plan_nodes,
     remove_state,
     save_state,
 )
 from kiln.lab.tls import ensure_ca, issue_cert
+from kiln.roles.mirror.signing import init_key
 
 UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl"]
 LAB_MANIFEST = FIRMWARE_DIR / "lab.yaml"
@@ -127,6 +129,9 @@ def up(
             if node.role == "service":
                 # The local file mirror's HTTPS certificate (roles/mirror), once per lab.
                 issue_cert(lab, f"mirror-{node.name}", [node.address])
+        # A site's one-time step (`kiln mirror init-key`), done for the lab's mirror state:
+        # bring-up never makes a key while it plans.
+        init_key(mirror_state_dir(lab))
         netns.ensure_bridge()
         netns.add_bmc_addresses([n.bmc["address"] for n in nodes])
         public_key = key.with_suffix(".pub").read_text()

@@ -12,7 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kiln.lab.state import VENDOR_REPO_URL, LabState, NodeState, StateError, lab_dir, load_state
+from kiln.lab.state import (
+    VENDOR_REPO_URL,
+    LabState,
+    NodeState,
+    StateError,
+    lab_dir,
+    load_state,
+    mirror_state_dir,
+)
 
 LAB_SKU = "lab"
 LAB_RACK = "lab"
@@ -116,7 +124,7 @@ def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
         ],
         "kiln_mirror_firmware_upstream": f"{VENDOR_REPO_URL}firmware/",
         "kiln_mirror_base_status": f"{lab}/base/var/lib/dpkg/status",
-        "kiln_mirror_state": f"{lab}/mirror-state",
+        "kiln_mirror_state": str(mirror_state_dir(lab)),
         # roles/base installs chrony, and apt sees only the mirror once base has run.
         "kiln_mirror_os_packages": ["chrony"],
     }

@@ -68,6 +68,11 @@ def lab_dir() -> Path:
     return Path(os.environ.get("KILN_LAB_DIR") or DEFAULT_LAB_DIR)
 
 
+def mirror_state_dir(lab: Path | str) -> Path:
+    """The lab's kiln_mirror_state: the controller's mirror signing key and apt state."""
+    return Path(lab) / "mirror-state"
+
+
 def state_path(directory: Path | None = None) -> Path:
     return (directory or lab_dir()) / "state.json"
 

@@ -15,11 +15,12 @@ import pytest
 
 from kiln.core.manifest import load_manifest
 from kiln.core.paths import FIRMWARE_DIR
+from kiln.core.retry import RetryPolicy
 from kiln.core.secrets import load_secrets_file
 from kiln.lab.inventory import lab_host_data
 from kiln.lab.nodes import ssh_banner
 from kiln.lab.state import LabState
-from kiln.roles.bmc import BMCAuthError, BMCUnavailable, RetryPolicy, connect, operations
+from kiln.roles.bmc import BMCAuthError, BMCUnavailable, connect, operations
 from kiln.roles.bmc import facts as bmc_facts
 from kiln.roles.bmc.operations import image_sha256
 

@@ -22,6 +22,7 @@ from kiln.core.manifest import load_manifest
 from kiln.lab.state import LabState
 from kiln.lab.tls import issue_cert
 from kiln.lab.vendor import build_repository, server
+from kiln.roles.mirror.signing import init_key
 
 pytestmark = pytest.mark.lab
 
@@ -87,7 +88,9 @@ def mirror(lab, labtools, tmp_path_factory) -> Mirror:
     lab_dir = Path(lab.lab_dir)
     build_repository(lab_dir)
     server.start(lab_dir)
-    return Mirror(lab, labtools, tmp_path_factory.mktemp("mirror-state"))
+    state_dir = tmp_path_factory.mktemp("mirror-state")
+    init_key(state_dir)  # the site's one-time `kiln mirror init-key`
+    return Mirror(lab, labtools, state_dir)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ import pytest
 from pyinfra.api.exceptions import FactProcessError
 
 from kiln.core.parsing import ParseError
-from kiln.roles.base.facts import AptPackageIndex, DebPackages, FileTexts, installed_versions
+from kiln.roles.base.facts import (
+    AptPackageIndex,
+    AptPolicySources,
+    DebPackages,
+    FileTexts,
+    installed_versions,
+)
 from kiln.roles.base.parsers import (
     parse_apt_cache_show,
     parse_apt_policy_sources,
@@ -123,7 +129,15 @@ def test_apt_cache_show_refuses_a_record_without_version():
 
 def test_apt_index_fact_asks_apt_cache_once_per_name():
     command = AptPackageIndex().command(["b", "a", "b"])
-    assert command.startswith("for name in a b; do apt-cache show")
+    assert command.startswith("for name in a b; do apt-cache ")
+    assert command.count(" show ") == 1
+
+
+def test_apt_facts_never_write_apt_caches_on_the_node():
+    # A fact only reads: apt-cache would otherwise rewrite /var/cache/apt/*.bin (found by
+    # the lab's preview test).
+    for command in (AptPackageIndex().command(["a"]), AptPolicySources().command()):
+        assert "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=" in command
 
 
 def test_preferences():

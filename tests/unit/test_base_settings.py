@@ -127,3 +127,31 @@ def test_signing_key_from_a_controller_file(tmp_path):
         signing_key(str(tmp_path / "missing.asc"))
     with pytest.raises(KilnError, match="cannot fetch"):
         signing_key("http://127.0.0.1:9/keys/x.asc")
+
+
+# --- the node's manifest: a site's firmware directory --------------------------------------------
+
+
+def test_the_deploy_pins_the_kernel_of_the_site_manifest(tmp_path, monkeypatch):
+    from site_manifests import Recorder, deploy_state, site_firmware_dir
+
+    import kiln.roles.base as base_role
+
+    def change(document: dict) -> None:
+        document["os"]["kernel"]["version"] = "6.1.119-1site1"
+
+    site = site_firmware_dir(tmp_path, change)
+    recorder = Recorder()
+    monkeypatch.setattr(base_role, "operations", recorder)
+    monkeypatch.setattr(base_role, "node_hostname", recorder.node_hostname)
+    monkeypatch.setattr(base_role, "apt_source_config", lambda mirror, data: "apt source")
+    deploy_state(base_role.base, {"kiln_node": "gpu-001", "kiln_sku": "lab",
+                                  "kiln_ntp_servers": ["10.0.0.1"],
+                                  "kiln_firmware_dir": str(site)}, "gpu-001")
+    (pinned,) = recorder.called("pinned_packages")
+    assert pinned["manifest"] == str(site / "lab.yaml")
+    (kernel,) = pinned["sets"]
+    assert {pin.version for pin in kernel.pins} == {"6.1.119-1site1"}
+    (index,) = recorder.called("apt_index_current")
+    assert {version for _, version in index["pins"]} == {"6.1.119-1site1"}
+    assert recorder.called("node_hostname")[0]["hostname"] == "gpu-001"

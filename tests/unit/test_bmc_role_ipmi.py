@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from kiln.core.parsing import ParseError
+from kiln.core.retry import RetryPolicy
 from kiln.roles.bmc import (
     BMCAuthError,
     BMCError,
     BMCTimeout,
     BMCUnavailable,
     BMCUnsupported,
-    RetryPolicy,
 )
 from kiln.roles.bmc.ipmi import IpmiBMC
 from kiln.roles.bmc.parsers import (

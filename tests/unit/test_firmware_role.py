@@ -446,3 +446,22 @@ def test_a_fleet_of_several_skus_goes_at_the_most_cautious_pace(tmp_path):
     fleet = [node("fast", fast), node("slow", slow), service]
     with ctx_host.use(SimpleNamespace(state=SimpleNamespace(inventory=fleet))):
         assert fleet_parallel() == 2
+
+
+def test_the_deploy_checks_the_node_against_the_site_manifest(tmp_path, monkeypatch):
+    from site_manifests import Recorder, deploy_state
+
+    import kiln.roles.firmware as firmware_role
+
+    site = manifest_dir(tmp_path, "site", "lab", 2)
+    recorder = Recorder()
+    monkeypatch.setattr(firmware_role, "operations", recorder)
+    deploy_state(firmware_role.firmware, {
+        "kiln_node": "gpu-001", "kiln_sku": "lab", "kiln_role": "gpu",
+        "kiln_mirror_host": "10.0.0.1", "kiln_firmware_dir": str(site),
+        "kiln_pool_file": str(tmp_path / "pool.yaml")}, "gpu-001")
+    (pinned,) = recorder.called("pinned")
+    assert pinned["manifest_file"] == str(site / "lab.yaml")
+    assert pinned["pool_file"] == str(tmp_path / "pool.yaml")
+    assert pinned["mirror_firmware"] == "http://10.0.0.1/firmware/"
+    assert pinned["_parallel"] == 2

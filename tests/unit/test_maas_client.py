@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from kiln.core.errors import KilnError
+from kiln.core.retry import RetryPolicy
 from kiln.core.secrets import MissingCredential
 from kiln.roles.maas import (
     ImageMismatch,
@@ -33,7 +34,6 @@ from kiln.roles.maas import (
     MAASUnavailable,
     MachineFailed,
     MachineStateError,
-    RetryPolicy,
     Status,
     Waiter,
     commissioned,

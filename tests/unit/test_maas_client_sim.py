@@ -20,6 +20,7 @@ from test_maas_sim_harness import SimHarness, build
 from werkzeug.serving import make_server
 
 from kiln.core.manifest import load_manifest
+from kiln.core.retry import RetryPolicy
 from kiln.lab.maas_sim import requests_log_path
 from kiln.lab.maas_sim.api import create_app
 from kiln.lab.maas_sim.openapi_check import check_requests, read_requests
@@ -27,7 +28,6 @@ from kiln.roles.maas import (
     MAASAuthError,
     MAASClient,
     MachineFailed,
-    RetryPolicy,
     Status,
     Waiter,
     commissioned,

@@ -18,7 +18,13 @@ from kiln.roles.mirror import aptrepo, nodetool
 from kiln.roles.mirror.plan import PlanError, build_plan
 from kiln.roles.mirror.resolve import AptResolver, ResolvedDeb, preferences_text, resolve_closure
 from kiln.roles.mirror.settings import AptUpstream, MirrorSettings
-from kiln.roles.mirror.signing import MirrorKey
+from kiln.roles.mirror.signing import (
+    MirrorKey,
+    SigningError,
+    init_key,
+    read_public_key,
+    release_signed_by,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "upstream"
@@ -254,8 +260,8 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory):
         inrelease, detached = key.sign(fingerprint, release.encode())
         (dists / "InRelease").write_bytes(inrelease)
         (dists / "Release.gpg").write_bytes(detached)
-        assert key.verifies(fingerprint, release.encode(), inrelease, detached)
-        assert not key.verifies(fingerprint, release.encode() + b"x", inrelease, detached)
+    assert release_signed_by(public, release.encode(), inrelease, detached)
+    assert not release_signed_by(public, release.encode() + b"x", inrelease, detached)
     return tmp_path, debs, root, tmp_path / "mirror-key/mirror-key.asc"
 
 
@@ -318,3 +324,20 @@ def test_the_mirror_key_is_made_once(tmp_path: Path):
         again, made_again = key.ensure()
     assert made and not made_again and first == again
     assert oct((tmp_path / "k/gnupg").stat().st_mode & 0o777) == "0o700"
+
+
+def test_init_key_exports_the_public_half_that_runs_read(tmp_path: Path):
+    with pytest.raises(SigningError, match="kiln mirror init-key"):
+        read_public_key(tmp_path / "state")
+    fingerprint, made = init_key(tmp_path / "state")
+    again, made_again = init_key(tmp_path / "state")
+    assert made and not made_again and fingerprint == again
+    public = read_public_key(tmp_path / "state")
+    assert public.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert "PRIVATE" not in public
+
+
+def test_signing_without_a_key_names_init_key_and_makes_none(tmp_path: Path):
+    key = MirrorKey(tmp_path / "empty")
+    with key.session(), pytest.raises(SigningError, match="kiln mirror init-key"):
+        key.existing_fingerprint()

@@ -113,8 +113,8 @@ def test_fetch_item_digest_must_be_sha256_hex():
 
 
 def test_settings_defaults_and_errors_name_the_data_key():
-    settings = settings_from_data({"kiln_firmware_dir": "fw"})
-    assert settings.root == "/srv/kiln-mirror" and settings.firmware_dir == "fw"
+    settings = settings_from_data({"kiln_mirror_suite": "site"})
+    assert settings.root == "/srv/kiln-mirror" and settings.suite == "site"
     assert settings.http_url("10.0.0.5") == "http://10.0.0.5/"
     assert settings_from_data({"kiln_mirror_https_port": 8443}).https_url("m") == "https://m:8443/"
     with pytest.raises(ValidationFailed) as failed:
@@ -179,3 +179,37 @@ def test_htpasswd_is_glibc_sha512_crypt():
     assert not render.htpasswd_matches(None, "kiln", "s3cret")
     with pytest.raises(render.HtpasswdError):
         render.htpasswd_line("a:b", "x")
+
+
+def test_the_fill_carries_what_the_site_firmware_directory_pins(tmp_path: Path):
+    """The mirror fetches the blobs of each node's own manifest (its node context's
+    kiln_firmware_dir), not those of kiln's shipped manifests."""
+    from types import SimpleNamespace
+
+    from site_manifests import site_firmware_dir
+
+    from kiln.core.errors import KilnError
+    from kiln.roles.mirror import inventory_manifests
+    from kiln.roles.mirror.plan import firmware_items
+    from kiln.roles.mirror.settings import MirrorSettings
+
+    def change(document: dict) -> None:
+        document["firmware"]["bios"]["version"] = "1.7.0"
+        document["firmware"]["bios"]["blob"]["file"] = "site-bios-1.7.0.bin"
+
+    site = site_firmware_dir(tmp_path, change)
+    nodes = [SimpleNamespace(name=name, data={"kiln_sku": "lab", "kiln_firmware_dir": str(site)})
+             for name in ("gpu-001", "gpu-002")]
+    nodes.append(SimpleNamespace(name="svc-001", data={}))  # no SKU: nothing of its own
+    manifests = inventory_manifests(nodes)
+    assert list(manifests) == ["lab"] and manifests["lab"].firmware["bios"].version == "1.7.0"
+    settings = MirrorSettings(firmware_upstream="https://vendor.example/fw/")
+    paths = {item.path for item in firmware_items(settings, manifests)}
+    assert "firmware/site-bios-1.7.0.bin" in paths and "firmware/lab-bios-1.6.2.bin" not in paths
+    shipped = inventory_manifests([SimpleNamespace(name="gpu-003", data={"kiln_sku": "lab"})])
+    assert shipped["lab"].firmware["bios"].version == "1.6.2"
+    nodes.append(SimpleNamespace(name="gpu-003", data={"kiln_sku": "lab"}))
+    with pytest.raises(KilnError, match=rf"SKU lab has two manifests in the inventory: "
+                                        rf"{site}/lab.yaml and .*/kiln/firmware/lab.yaml "
+                                        r"\(node gpu-003\)"):
+        inventory_manifests(nodes)

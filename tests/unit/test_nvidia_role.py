@@ -186,3 +186,27 @@ def test_reload_unloads_users_first_and_loads_them_back():
 
 def test_reload_with_nothing_loaded_just_loads():
     assert reload_commands([], []) == ["modprobe nvidia"]
+
+
+# --- the node's manifest: a site's firmware directory --------------------------------------------
+
+
+def test_the_deploy_pins_the_packages_of_the_site_manifest(tmp_path, monkeypatch):
+    from site_manifests import Recorder, deploy_state, site_firmware_dir
+
+    import kiln.roles.nvidia as nvidia_role
+
+    def change(document: dict) -> None:
+        document["packages"]["cuda-toolkit"]["version"] = "12.8.1-1site1"
+
+    site = site_firmware_dir(tmp_path, change)
+    recorder = Recorder()
+    monkeypatch.setattr(nvidia_role, "operations", recorder)
+    monkeypatch.setattr(nvidia_role, "base_operations", recorder)
+    deploy_state(nvidia_role.nvidia, {"kiln_node": "gpu-001", "kiln_sku": "lab",
+                                      "kiln_firmware_dir": str(site)}, "gpu-001")
+    (pinned,) = recorder.called("pinned_packages")
+    assert pinned["manifest"] == str(site / "lab.yaml")
+    versions = {pin.name: pin.version for pin_set in pinned["sets"] for pin in pin_set.pins}
+    assert versions["cuda-toolkit-12-8"] == "12.8.1-1site1"
+    assert recorder.called("driver_running")[0]["version"] == "570.148.08"

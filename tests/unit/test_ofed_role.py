@@ -46,3 +46,22 @@ def test_a_gpu_sku_without_ofed_is_refused_when_the_manifest_loads(tmp_path):
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ValidationFailed, match=rf"{path}: .*missing packages: ofed"):
         load_manifest(path)
+
+
+def test_the_deploy_pins_the_ofed_of_the_site_manifest(tmp_path, monkeypatch):
+    from site_manifests import Recorder, deploy_state, site_firmware_dir
+
+    import kiln.roles.infiniband as infiniband_role
+
+    def change(document: dict) -> None:
+        document["packages"]["ofed"]["version"] = "2.9.1-1site1"
+
+    site = site_firmware_dir(tmp_path, change)
+    recorder = Recorder()
+    monkeypatch.setattr(infiniband_role, "base_operations", recorder)
+    deploy_state(infiniband_role.ofed, {"kiln_node": "gpu-001", "kiln_sku": "lab",
+                                        "kiln_firmware_dir": str(site)}, "gpu-001")
+    (pinned,) = recorder.called("pinned_packages")
+    assert pinned["manifest"] == str(site / "lab.yaml")
+    assert [(pin.name, pin.version) for pin_set in pinned["sets"] for pin in pin_set.pins] == [
+        ("doca-ofed", "2.9.1-1site1")]

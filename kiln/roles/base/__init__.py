@@ -19,24 +19,26 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.core.manifest import Manifest
+from kiln.core.outcomes import preview, refuse
 from kiln.roles.base import operations
 from kiln.roles.base.aptpins import Pin, PinSet
 from kiln.roles.base.aptsources import apt_source_config
-from kiln.roles.base.settings import BaseSettings, manifest_for, settings_from_data
+from kiln.roles.base.settings import BaseSettings, settings_from_data
 
 
 def _service_node_address() -> str | None:
     """The first service node's address: where the cluster's own services run."""
     group = inventory.get_group("service", None) if inventory else None
     for member in group or []:
-        return member.data.get("ssh_hostname") or member.name
+        return node_context(member).address
     return None
 
 
 def settings_for_host() -> BaseSettings:
-    defaults: dict[str, Any] = {"hostname": host.data.get("kiln_node") or host.name}
+    defaults: dict[str, Any] = {"hostname": node_context(host).node}
     service = _service_node_address()
     if service:
         defaults["ntp_servers"] = [service]
@@ -54,7 +56,7 @@ def kernel_pin_set(manifest: Manifest) -> PinSet:
 def node_hostname(hostname: str):  # noqa: ANN201 - pyinfra operation generator
     """The node's hostname is its inventory name (pyinfra's server.hostname)."""
     if not operations.node_readable():
-        yield operations.preview("hostname")
+        yield preview("hostname")
         return
     yield from server.hostname._inner(hostname=hostname)
 
@@ -63,10 +65,11 @@ def node_hostname(hostname: str):  # noqa: ANN201 - pyinfra operation generator
 def base() -> None:
     try:
         settings = settings_for_host()
-        manifest, path = manifest_for(host.data)
+        context = node_context(host)
+        manifest, path = context.manifest, context.manifest_path
         apt_source = apt_source_config(settings.apt_mirror, host.data)
     except KilnError as exc:
-        operations.refuse(name="Base settings and manifest", message=str(exc))
+        refuse(name="Base settings and manifest", message=str(exc))
         return
     source = str(path)
     kernel = kernel_pin_set(manifest)

@@ -68,7 +68,7 @@ def from_host_data(mirror: AptMirror) -> AptSourceConfig:
 def from_cluster_mirror(data: Any) -> AptSourceConfig:
     """The cluster mirror's source and key, byte for byte what roles/mirror writes for its
     clients, so the two never undo each other."""
-    from kiln.roles.mirror import mirror_address, mirror_key
+    from kiln.roles.mirror import mirror_address, mirror_public_key
     from kiln.roles.mirror.render import apt_sources
     from kiln.roles.mirror.settings import settings_from_data
 
@@ -77,7 +77,7 @@ def from_cluster_mirror(data: Any) -> AptSourceConfig:
     if address is None:
         raise KilnError("no apt source: host data kiln_apt_mirror is not set and the cluster "
                         "has no mirror (no service node, no kiln_mirror_host)")
-    _, public = mirror_key(settings.state)
+    public = mirror_public_key(settings.state)
     url = settings.http_url(address)
     return AptSourceConfig(apt_sources(url, settings.suite), public,
                            ((f"{url}apt", f"{settings.suite}/main"),),

@@ -57,6 +57,11 @@ class AptHolds(FactBase):
         return parse_fact_output(parse_showhold, output)
 
 
+# apt-cache rebuilds /var/cache/apt/*.bin when it finds them stale: a fact would write on
+# the node it only reads. With the caches named empty, apt builds them in memory only.
+APT_CACHE = "apt-cache -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache="
+
+
 class AptPackageIndex(FactBase):
     """What the node's apt index holds for these names: {name: {version: {depends}}}.
 
@@ -70,7 +75,7 @@ class AptPackageIndex(FactBase):
         # the names is unknown.
         return (
             f"for name in {_quoted(names)}; do "
-            'apt-cache show "$name" 2>/dev/null && echo; done; true'
+            f'{APT_CACHE} show "$name" 2>/dev/null && echo; done; true'
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
@@ -83,7 +88,7 @@ class AptPolicySources(FactBase):
     default = list
 
     def command(self) -> str:
-        return "apt-cache policy"
+        return f"{APT_CACHE} policy"
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
         return parse_fact_output(parse_apt_policy_sources, output)

@@ -16,15 +16,14 @@ from io import StringIO
 from pathlib import PurePosixPath
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, StringCommand, operation
-from pyinfra.api.host import Host
-from pyinfra.api.state import State
+from pyinfra.api import StringCommand, operation
 from pyinfra.context import state as current_state
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Sysctl
 from pyinfra.operations import files
 
 from kiln.core.errors import KilnError
+from kiln.core.outcomes import fail, preview
 from kiln.core.parsing import ParseError
 from kiln.roles.base.aptpins import (
     APT_GET,
@@ -63,27 +62,7 @@ CHRONY_DEFAULTS = "/etc/default/chrony"
 APT_UPDATE = "apt-get update -q -o APT::Update::Error-Mode=any"
 
 
-# --- failing a host, previews -----------------------------------------------------------------
-
-
-def _fail_host(state: State, host: Host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
-
-
-def failure(message: str) -> FunctionCommand:
-    """A command that fails this host with `message` (and nothing else)."""
-    return FunctionCommand(_fail_host, (message,), {})
-
-
-@operation(is_idempotent=False)
-def refuse(message: str):  # noqa: ANN201 - pyinfra operation generator
-    """Fail this host: `message` says what is wrong and where (file, field, data key)."""
-    yield failure(message)
-
-
-def _noted(state: State, host: Host, note: str) -> bool:
-    return True
+# --- previews ---------------------------------------------------------------------------------
 
 
 def node_readable() -> bool:
@@ -96,10 +75,6 @@ def node_readable() -> bool:
     if current_state.is_executing:
         return True
     return getattr(host.connector, "client", True) is not None
-
-
-def preview(what: str) -> FunctionCommand:
-    return FunctionCommand(_noted, (f"converge {what} (the node is read when it runs)",), {})
 
 
 # --- apt sources --------------------------------------------------------------------------------
@@ -202,7 +177,7 @@ def pinned_packages(scope: str, sets: list[PinSet], manifest: str):  # noqa: ANN
     if resolution.missing:
         listed = ", ".join(f"{pin.source}: {pin.name}={pin.version}"
                            for pin in resolution.missing)
-        yield failure(f"{manifest}: not in the node's apt sources (is the mirror filled?): "
+        yield fail(f"{manifest}: not in the node's apt sources (is the mirror filled?): "
                       f"{listed}")
         return
     try:
@@ -210,7 +185,7 @@ def pinned_packages(scope: str, sets: list[PinSet], manifest: str):  # noqa: ANN
         change = plan_change(resolution.sets, installed_versions(host.get_fact(DebPackages)),
                              host.get_fact(AptHolds), previously)
     except KilnError as exc:
-        yield failure(f"{manifest}: {exc}")
+        yield fail(f"{manifest}: {exc}")
         return
     wanted_files = {pin_set.path for pin_set in resolution.sets}
     for pin_set in resolution.sets:

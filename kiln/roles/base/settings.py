@@ -24,12 +24,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from kiln.core.errors import ValidationFailed
+from kiln.core.context import node_context
 from kiln.core.hostdata import settings_from_host_data
-from kiln.core.manifest import Manifest, load_manifest, manifest_path
-from kiln.core.paths import FIRMWARE_DIR
+from kiln.core.manifest import Manifest
+from kiln.core.models import Strict
 
 # GPU/RDMA nodes. Every value is a reason, not folklore:
 DEFAULT_SYSCTL: dict[str, str] = {
@@ -54,9 +54,6 @@ DEFAULT_SYSCTL: dict[str, str] = {
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AptSource(Strict):
@@ -144,14 +141,12 @@ def settings_from_data(data: Any, defaults: dict[str, Any]) -> BaseSettings:
 
 
 def firmware_dir(data: Any) -> Path:
-    configured = data.get("kiln_firmware_dir")
-    return Path(configured).expanduser() if configured else FIRMWARE_DIR
+    """Where this host's SKU manifests are (the node context: kiln_firmware_dir, else
+    kiln's shipped firmware/)."""
+    return node_context(data).firmware_dir
 
 
 def manifest_for(data: Any) -> tuple[Manifest, Path]:
     """The manifest of this host's SKU (host data kiln_sku) and the file it came from."""
-    sku = data.get("kiln_sku")
-    if not sku:
-        raise ValidationFailed(["host data kiln_sku is not set: which manifest applies?"])
-    path = manifest_path(firmware_dir(data), sku)
-    return load_manifest(path), path
+    context = node_context(data)
+    return context.manifest, context.manifest_path

@@ -2,7 +2,7 @@
 the BMC's own restart (`reset_bmc`).
 
 Redfish through sushy (roles/bmc/redfish.py), IPMI through ipmitool (roles/bmc/ipmi.py),
-one interface for both (`BMCClient`, roles/bmc/client.py), chosen by the node's inventory
+one interface for both (`BMCClient`, roles/bmc/interface.py), chosen by the node's inventory
 entry (`bmc.protocol`). Facts read from the controller (roles/bmc/facts.py) and idempotent
 pyinfra operations (roles/bmc/operations.py) build on it.
 
@@ -13,15 +13,7 @@ pyinfra operations (roles/bmc/operations.py) build on it.
         bmc.power_on()
 """
 
-from kiln.roles.bmc.client import (
-    BMCClient,
-    BootOverride,
-    FirmwareComponent,
-    LogEntry,
-    UpdateResult,
-    connect,
-    resolve_target,
-)
+from kiln.roles.bmc.client import connect, resolve_target
 from kiln.roles.bmc.errors import (
     BMCAuthError,
     BMCError,
@@ -31,7 +23,13 @@ from kiln.roles.bmc.errors import (
     BMCUnavailable,
     BMCUnsupported,
 )
-from kiln.roles.bmc.retry import RetryPolicy
+from kiln.roles.bmc.interface import (
+    BMCClient,
+    BootOverride,
+    FirmwareComponent,
+    LogEntry,
+    UpdateResult,
+)
 
 __all__ = [
     "BMCAuthError",
@@ -45,7 +43,6 @@ __all__ = [
     "BootOverride",
     "FirmwareComponent",
     "LogEntry",
-    "RetryPolicy",
     "UpdateResult",
     "connect",
     "resolve_target",

@@ -48,9 +48,11 @@ class TransientBMCError(BMCError):
     `certainly_not_applied` is True when the request cannot have reached the BMC (connect
     refused, connect timeout) or the BMC answered that it did not act (502/503/504): only
     then is a write retried, since a reset or an update that did reach the BMC must not be
-    sent twice.
+    sent twice. `retry_after` is the BMC's Retry-After header, when it sent one.
     """
 
-    def __init__(self, message: str, *, certainly_not_applied: bool):
+    def __init__(self, message: str, *, certainly_not_applied: bool,
+                 retry_after: str | None = None):
         super().__init__(message)
         self.certainly_not_applied = certainly_not_applied
+        self.retry_after = retry_after

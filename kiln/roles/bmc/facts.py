@@ -19,28 +19,21 @@ from contextlib import closing
 from dataclasses import asdict
 from typing import Any
 
-from kiln.roles.bmc.client import BMCClient, connect
-from kiln.roles.bmc.retry import RetryPolicy
+from kiln.core.retry import RetryPolicy
+from kiln.roles.bmc.client import connect
+from kiln.roles.bmc.interface import BMCClient
 
 logger = logging.getLogger("pyinfra")
 
 
 def bmc_for(host: Any, retry: RetryPolicy | None = None) -> BMCClient:
-    """The client for a pyinfra host's BMC (or for host data / a BMC mapping)."""
-    data = getattr(host, "data", host)
+    """The client for a pyinfra host's BMC (its node context), or for host data or a BMC
+    mapping."""
     warn = None
     if hasattr(host, "log_styled"):
         def warn(message: str) -> None:
             host.log_styled(message, fg="yellow", log_func=logger.warning)
-    node = None
-    if data is not host and not _has(data, "kiln_node"):
-        node = getattr(host, "name", None)
-    return connect(data, node=node, retry=retry, warn=warn)
-
-
-def _has(data: Any, key: str) -> bool:
-    getter = getattr(data, "get", None)
-    return callable(getter) and getter(key) is not None
+    return connect(host, retry=retry, warn=warn)
 
 
 def power_state(host: Any, retry: RetryPolicy | None = None) -> str:

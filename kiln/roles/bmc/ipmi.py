@@ -28,8 +28,15 @@ from collections.abc import Callable
 from typing import Any
 
 from kiln.core.parsing import ParseError
+from kiln.core.retry import RetryPolicy
 from kiln.core.secrets import MASK, Secret
-from kiln.roles.bmc.client import (
+from kiln.roles.bmc.errors import (
+    BMCAuthError,
+    BMCError,
+    BMCUnsupported,
+    TransientBMCError,
+)
+from kiln.roles.bmc.interface import (
     BMC_RESET_SETTLE_SECONDS,
     BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
@@ -41,12 +48,6 @@ from kiln.roles.bmc.client import (
     UpdateResult,
     wait_for_bmc_restart,
 )
-from kiln.roles.bmc.errors import (
-    BMCAuthError,
-    BMCError,
-    BMCUnsupported,
-    TransientBMCError,
-)
 from kiln.roles.bmc.parsers import (
     classify_failure,
     failure_lines,
@@ -55,7 +56,7 @@ from kiln.roles.bmc.parsers import (
     parse_power_status,
     parse_sel_list,
 )
-from kiln.roles.bmc.retry import RetryPolicy
+from kiln.roles.bmc.retry import call_bmc
 
 Runner = Callable[..., subprocess.CompletedProcess]
 POWER_COMMANDS = {"on": "on", "off": "off", "soft": "soft", "cycle": "cycle"}
@@ -169,8 +170,8 @@ class IpmiBMC(PowerControl):
 
     def run(self, *args: str, write: bool = False) -> str:
         """ipmitool's stdout for `args`, with the retry policy and errors naming the BMC."""
-        return self.retry.run(lambda: self._attempt(args), bmc=self.label,
-                              what=f"ipmitool {' '.join(args)}", write=write)
+        return call_bmc(self.retry, lambda: self._attempt(args), bmc=self.label,
+                        what=f"ipmitool {' '.join(args)}", write=write)
 
     def _parsed(self, parser: Callable[[str], Any], text: str, what: str) -> Any:
         try:

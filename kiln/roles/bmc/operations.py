@@ -31,23 +31,15 @@ from pyinfra.api.exceptions import ConnectError, OperationValueError
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
+from kiln.core.outcomes import fail, fail_host
 from kiln.roles.bmc import facts
-from kiln.roles.bmc.client import BOOT_DEVICES, POWER_WAIT_SECONDS
+from kiln.roles.bmc.interface import BOOT_DEVICES, POWER_WAIT_SECONDS
 
 logger = logging.getLogger("pyinfra")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _fail(state: State, host: Host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
-
-
-def _failure(exc: Exception) -> FunctionCommand:
-    """A command that fails this host with `exc`'s message when executed."""
-    return FunctionCommand(_fail, (str(exc),), {})
 
 
 # -- power ----------------------------------------------------------------------------------
@@ -61,7 +53,7 @@ def _set_power(state: State, host: Host, wanted: str, graceful: bool, wait: floa
             else:
                 changed = bmc.power_off(graceful=graceful, wait=wait)
     except KilnError as exc:
-        return _fail(state, host, str(exc))
+        return fail_host(host, str(exc))
     if changed:
         host.log(f"BMC: powered {wanted}", log_func=logger.info)
     return True
@@ -77,7 +69,7 @@ def power(state: str = "on", graceful: bool = False,  # noqa: ANN201 - pyinfra g
     try:
         current = facts.power_state(host)
     except KilnError as exc:
-        yield _failure(exc)
+        yield fail(str(exc))
         return
     if current in (state, f"powering {state}"):
         host.noop(f"power is already {state}")
@@ -93,7 +85,7 @@ def _set_boot_once(state: State, host: Host, device: str) -> bool:
         with closing(facts.bmc_for(host)) as bmc:
             bmc.set_boot_once(device)
     except KilnError as exc:
-        return _fail(state, host, str(exc))
+        return fail_host(host, str(exc))
     host.log(f"BMC: next boot from {device} (once)", log_func=logger.info)
     return True
 
@@ -107,7 +99,7 @@ def boot_once(device: str = "pxe"):  # noqa: ANN201 - pyinfra operation generato
     try:
         current = facts.boot_override(host)
     except KilnError as exc:
-        yield _failure(exc)
+        yield fail(str(exc))
         return
     if current["device"] == device and not current["persistent"]:
         host.noop(f"next boot is from {device} already")
@@ -134,19 +126,19 @@ def image_sha256(image_uri: str, verify: bool | str = True, timeout: float = 60.
 
 def _update_firmware(state: State, host: Host, component: str, image_uri: str, sha256: str,
                      timeout: float, image_verify: bool | str) -> bool:
-    node = host.data.get("kiln_node") or host.name
+    node = node_context(host).label
     try:
         served = image_sha256(image_uri, verify=image_verify)
     except KilnError as exc:
-        return _fail(state, host, f"node {node}: {exc}; {component} not flashed")
+        return fail_host(host, f"node {node}: {exc}; {component} not flashed")
     if served != sha256:
-        return _fail(state, host, f"node {node}: firmware image {image_uri} has sha256 "
-                     f"{served}, the manifest pins {sha256}; {component} not flashed")
+        return fail_host(host, f"node {node}: firmware image {image_uri} has sha256 "
+                         f"{served}, the manifest pins {sha256}; {component} not flashed")
     try:
         with closing(facts.bmc_for(host)) as bmc:
             result = bmc.update_firmware(component, image_uri, timeout=timeout)
     except KilnError as exc:
-        return _fail(state, host, str(exc))
+        return fail_host(host, str(exc))
     host.log(f"BMC: {component} updated from {image_uri} (task {result.task}: "
              f"{result.state})", log_func=logger.info)
     for message in result.messages:
@@ -172,13 +164,13 @@ def firmware_update(component: str, image_uri: str, sha256: str,  # noqa: ANN201
         try:
             inventory = facts.firmware_inventory(host)
         except KilnError as exc:
-            yield _failure(exc)
+            yield fail(str(exc))
             return
         found = [item for item in inventory if item["id"] == component]
         if not found:
             ids = ", ".join(item["id"] for item in inventory) or "none"
-            yield _failure(KilnError(f"node {host.name}: the BMC's firmware inventory has no "
-                                     f"{component!r} (items: {ids})"))
+            yield fail(f"node {node_context(host).label}: the BMC's firmware inventory has no "
+                       f"{component!r} (items: {ids})")
             return
         if found[0]["version"] == version:
             host.noop(f"{component} is at {version} already")
@@ -219,7 +211,7 @@ def ssh_answers(address: str, port: int) -> bool:
 
 def _as_root(host: Host) -> dict[str, bool]:
     """/run is root's: sudo unless pyinfra logs in as root."""
-    return {"_sudo": (host.data.get("ssh_user") or "root") != "root"}
+    return {"_sudo": node_context(host).sudo}
 
 
 def _marker_present(host: Host) -> bool | None:
@@ -234,8 +226,8 @@ def _marker_present(host: Host) -> bool | None:
 
 
 def _reboot(state: State, host: Host, wait: float) -> bool:
-    address = host.data.get("ssh_hostname") or host.name
-    port = int(host.data.get("ssh_port") or 22)
+    context = node_context(host)
+    address, port = context.address, context.ssh_port
     try:
         marked, _ = host.run_shell_command(StringCommand("touch", REBOOT_MARKER),
                                            **_as_root(host))
@@ -246,7 +238,7 @@ def _reboot(state: State, host: Host, wait: float) -> bool:
             label = bmc.label
             bmc.power_cycle()
     except KilnError as exc:
-        return _fail(state, host, str(exc))
+        return fail_host(host, str(exc))
     _drop_ssh(host)
     deadline = time.monotonic() + wait
     seen_down = False
@@ -261,8 +253,8 @@ def _reboot(state: State, host: Host, wait: float) -> bool:
             if present:
                 _drop_ssh(host)  # the old OS still answers: the cycle has not begun
         time.sleep(2)
-    return _fail(state, host, f"{label}: power cycled, but the node's SSH ({address}:{port}) "
-                 f"did not come back from a new boot within {wait:g} s")
+    return fail_host(host, f"{label}: power cycled, but the node's SSH ({address}:{port}) "
+                     f"did not come back from a new boot within {wait:g} s")
 
 
 def reboot_commands(wait: float = REBOOT_WAIT_SECONDS) -> Iterator[FunctionCommand]:

@@ -8,9 +8,10 @@ monitor. What kiln adds:
 - Basic auth, not a Redfish session: each kiln call is a handful of requests, and a session
   left behind by a run that was killed stays open on the BMC until it times out (iLO and
   iDRAC cap open sessions).
-- One retry policy (roles/bmc/retry.py) instead of sushy's own: the connector here makes a
-  single attempt per request and every failure is mapped to kiln's errors, so a transient
-  failure is retried with backoff and a bound, a 401/403 or a TLS failure never.
+- One retry policy (core/retry.py, with the BMC's rules in roles/bmc/retry.py) instead of
+  sushy's own: the connector here makes a single attempt per request and every failure is
+  mapped to kiln's errors, so a transient failure is retried with backoff and a bound (the
+  BMC's Retry-After honoured), a 401/403 or a TLS failure never.
 - Reset types chosen from what the system offers (`choose_reset_types`).
 - The task monitor polled by kiln (`_wait_for_task`): bounded, Retry-After honoured, a task
   ending in Exception is an error carrying the task's own messages.
@@ -37,8 +38,18 @@ from sushy.resources.updateservice import constants as up_cons
 from sushy.taskmonitor import TaskMonitor
 from urllib3.exceptions import NewConnectionError
 
+from kiln.core.retry import RetryPolicy, retry_after_seconds
 from kiln.core.secrets import MASK, Secret
-from kiln.roles.bmc.client import (
+from kiln.roles.bmc.errors import (
+    BMCAuthError,
+    BMCError,
+    BMCTaskFailed,
+    BMCTimeout,
+    BMCTLSError,
+    BMCUnsupported,
+    TransientBMCError,
+)
+from kiln.roles.bmc.interface import (
     BMC_RESET_SETTLE_SECONDS,
     BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
@@ -50,16 +61,7 @@ from kiln.roles.bmc.client import (
     UpdateResult,
     wait_for_bmc_restart,
 )
-from kiln.roles.bmc.errors import (
-    BMCAuthError,
-    BMCError,
-    BMCTaskFailed,
-    BMCTimeout,
-    BMCTLSError,
-    BMCUnsupported,
-    TransientBMCError,
-)
-from kiln.roles.bmc.retry import RetryPolicy
+from kiln.roles.bmc.retry import call_bmc
 
 # sushy logs, unformatted and at warning level, what kiln's errors then say with the BMC
 # named; Python's last-resort handler would print both.
@@ -217,6 +219,7 @@ class RedfishBMC(PowerControl):
         self._username = username.reveal() if isinstance(username, Secret) else username
         self._password = password.reveal() if isinstance(password, Secret) else password
         self._root: sushy.Sushy | None = None
+        self._last_retry_after: str | None = None  # of the BMC's latest answer
 
     # -- one place where sushy's exceptions become kiln's -----------------------------------
 
@@ -235,6 +238,7 @@ class RedfishBMC(PowerControl):
             return TransientBMCError(
                 f"HTTP {exc.status_code}: {text}",
                 certainly_not_applied=exc.status_code in NOT_APPLIED_STATUSES,
+                retry_after=self._last_retry_after,
             )
         if isinstance(exc, sushy_exc.ConnectionError):
             cause = _cause(exc)
@@ -259,7 +263,7 @@ class RedfishBMC(PowerControl):
             except (sushy_exc.SushyError, ValueError) as exc:
                 raise self._translate(exc, what) from None
 
-        return self.retry.run(attempt, bmc=self.label, what=what, write=write)
+        return call_bmc(self.retry, attempt, bmc=self.label, what=what, write=write)
 
     # -- sushy objects, fresh on every call: facts are read now, not remembered ------------
 
@@ -268,13 +272,17 @@ class RedfishBMC(PowerControl):
             connector = SingleAttemptConnector(
                 self.url, verify=self.verify, server_side_retries=1,
                 server_side_retries_delay=0, default_request_timeout=self.read_timeout,
-                connect_timeout=self.connect_timeout,
+                connect_timeout=self.connect_timeout, response_callback=self._answered,
             )
             self._root = sushy.Sushy(
                 self.url, auth=sushy.auth.BasicAuth(self._username, self._password),
                 connector=connector, verify=self.verify,
             )
         return self._root
+
+    def _answered(self, response: requests.Response) -> None:
+        # sushy's HTTPError keeps no headers: a 503's Retry-After is read here, as it arrives.
+        self._last_retry_after = response.headers.get("Retry-After")
 
     def _system(self) -> Any:
         root = self._sushy()
@@ -412,11 +420,8 @@ class RedfishBMC(PowerControl):
 
     def _retry_after(self, monitor: TaskMonitor) -> float:
         header = monitor.response.headers.get("Retry-After") if monitor.response else None
-        try:
-            seconds = float(header) if header is not None else self.poll_interval
-        except ValueError:
-            seconds = self.poll_interval  # an HTTP date; our own interval will do
-        return min(max(seconds, 0.0), 30.0)
+        asked = retry_after_seconds(header)  # seconds or an HTTP date; None: not given
+        return min(self.poll_interval if asked is None else asked, 30.0)
 
     def _final_task(self, monitor: TaskMonitor, task_uri: str | None) -> Task | None:
         response = monitor.response

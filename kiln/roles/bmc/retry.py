@@ -1,4 +1,4 @@
-"""Retrying a BMC call: exponential backoff, a bound, and only what is safe to repeat.
+"""Which BMC failures are tried again: kiln's rules on top of the shared policy (core/retry.py).
 
 BMCs drop connections while they reboot themselves, answer 503 while busy and time out under
 load; one more try a little later usually works. What is retried:
@@ -15,64 +15,30 @@ failed logins.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
+from kiln.core.retry import RetryPolicy
 from kiln.roles.bmc.errors import BMCUnavailable, TransientBMCError
-
-logger = logging.getLogger("kiln.bmc")
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a transient BMC failure is tried again."""
+def call_bmc(policy: RetryPolicy, action: Callable[[], T], *, bmc: str, what: str,
+             write: bool = False) -> T:
+    """`action()`, tried again on TransientBMCError as the rules above allow.
 
-    attempts: int = 4  # in all, the first try included
-    first_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 20.0
-    # Injected so tests run without waiting; under pyinfra, gevent makes time.sleep yield.
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    Raises BMCUnavailable naming `bmc` and `what` once the bound is reached (or at once
+    for a write that may have been applied); every other error passes through.
+    """
+    def repeatable(exc: BaseException) -> bool:
+        return not write or getattr(exc, "certainly_not_applied", False)
 
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be at least 1, not {self.attempts}")
-        if self.first_delay < 0 or self.factor < 1 or self.max_delay < 0:
-            raise ValueError("RetryPolicy: delays must be >= 0 and factor >= 1")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        return min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
-
-    def run(self, action: Callable[[], T], *, bmc: str, what: str, write: bool = False) -> T:
-        """`action()`, tried again on TransientBMCError as the rules above allow.
-
-        Raises BMCUnavailable naming `bmc` and `what` once the bound is reached (or at once
-        for a write that may have been applied); every other error passes through.
-        """
-        started = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return action()
-            except TransientBMCError as exc:
-                if write and not exc.certainly_not_applied:
-                    raise BMCUnavailable(
-                        f"{bmc}: {what}: {exc}; not retried: the request may have reached "
-                        "the BMC, so read its state before trying again"
-                    ) from None
-                if attempt == self.attempts:
-                    seconds = time.monotonic() - started
-                    raise BMCUnavailable(
-                        f"{bmc}: {what}: no usable answer after {attempt} attempt"
-                        f"{'s' if attempt > 1 else ''} over {seconds:.0f} s; last: {exc}"
-                    ) from None
-                wait = self.delay(attempt)
-                logger.warning("%s: %s: %s (attempt %d of %d); retrying in %.1f s",
-                               bmc, what, exc, attempt, self.attempts, wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable: the loop returns or raises")
+    try:
+        return policy.call(action, endpoint=bmc, what=what, retry_on=TransientBMCError,
+                           retry_if=repeatable, error=BMCUnavailable)
+    except TransientBMCError as exc:  # a write that may have reached the BMC
+        raise BMCUnavailable(
+            f"{bmc}: {what}: {exc}; not retried: the request may have reached "
+            "the BMC, so read its state before trying again"
+        ) from None

@@ -11,31 +11,34 @@
 A node that is in the pool is drained (roles/pool, reason "firmware update: …") before
 anything is flashed; it stays drained: only the gate puts a node back in the pool.
 
-Host data: kiln_sku / kiln_firmware_dir (the manifest), kiln_bmc (Redfish), kiln_pool_file
-(default state/pool.yaml), kiln_mirror_* (roles/mirror: where the blobs are served).
+Host data (through the node context, kiln.core.context): kiln_sku / kiln_firmware_dir (the
+manifest), kiln_bmc (Redfish), kiln_pool_file (default state/pool.yaml); and kiln_mirror_*
+(roles/mirror: where the blobs are served).
 Service nodes are left alone: the SKU manifests describe the GPU nodes' hardware.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
-from kiln.core.manifest import load_manifest, manifest_path
-from kiln.roles.base import operations as base_operations
-from kiln.roles.base.settings import firmware_dir, manifest_for
+from kiln.core.outcomes import refuse
 from kiln.roles.firmware import operations
 from kiln.roles.mirror import mirror_address
 from kiln.roles.mirror.settings import settings_from_data
 
-DEFAULT_POOL = "state/pool.yaml"
+
+def _is_gpu(node: Any) -> bool:
+    return "gpu" in node.groups or node_context(node).role == "gpu"
 
 
 def is_gpu_node() -> bool:
-    return "gpu" in host.groups or host.data.get("kiln_role") == "gpu"
+    return _is_gpu(host)
 
 
 def fleet_parallel() -> int:
@@ -46,14 +49,13 @@ def fleet_parallel() -> int:
     """
     limits = []
     for other in host.state.inventory:
-        if "gpu" not in other.groups and other.data.get("kiln_role") != "gpu":
-            continue
-        sku = other.data.get("kiln_sku")
-        if not sku:
+        if not _is_gpu(other):
             continue
         try:
-            limits.append(load_manifest(manifest_path(firmware_dir(other.data), sku))
-                          .max_parallel_firmware)
+            context = node_context(other)
+            if not context.sku:
+                continue
+            limits.append(context.manifest.max_parallel_firmware)
         except KilnError:
             continue  # that host's own run reports its manifest; the rest go on
     return min(limits, default=1)
@@ -73,17 +75,19 @@ def firmware(rolling: bool = False) -> None:
     if not is_gpu_node():
         return
     try:
-        _, path = manifest_for(host.data)
+        context = node_context(host)
+        _ = context.manifest  # read now: a bad manifest refuses the stage, naming the file
+        path = context.manifest_path
         url, verify = mirror_firmware_url()
     except KilnError as exc:
-        base_operations.refuse(name="Firmware manifest and settings", message=str(exc))
+        refuse(name="Firmware manifest and settings", message=str(exc))
         return
     operations.pinned(
         name="Firmware as the manifest pins (update: drain, flash, reset, check)",
         manifest_file=str(Path(path)),
         mirror_firmware=url,
         mirror_verify=verify,
-        pool_file=host.data.get("kiln_pool_file") or DEFAULT_POOL,
+        pool_file=str(context.pool_file),
         rolling=rolling,
         _parallel=fleet_parallel(),
     )

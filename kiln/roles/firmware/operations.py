@@ -44,11 +44,12 @@ from pyinfra.api.state import State
 from pyinfra.context import state as current_state
 from pyinfra.facts.server import Which
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
-from kiln.core.ledger import NodeState
+from kiln.core.ledger import Ledger, NodeState
 from kiln.core.manifest import FirmwareComponent, load_manifest
+from kiln.core.outcomes import fail_host, preview
 from kiln.core.parsing import ParseError
-from kiln.roles.base.operations import preview
 from kiln.roles.bmc import facts as bmc_facts
 from kiln.roles.bmc import operations as bmc_operations
 from kiln.roles.firmware.blobs import blob_url, check_url
@@ -60,7 +61,7 @@ from kiln.roles.mirror.render import NODE_TOOL
 from kiln.roles.nvidia.facts import NvidiaSmiQuery
 from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
 from kiln.roles.pool import FilePool
-from kiln.roles.provision import ledger_for, will_be_imaged
+from kiln.roles.provision import will_be_imaged
 
 logger = logging.getLogger("pyinfra")
 
@@ -92,12 +93,7 @@ def rollout_for(state: State) -> Rollout:
 
 
 def _node(host: Host) -> str:
-    return host.data.get("kiln_node") or host.name
-
-
-def _fail(host: Host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
+    return node_context(host).label
 
 
 def _recorded(state: State, host: Host, step: Callable[..., bool], *args: Any) -> bool:
@@ -105,7 +101,7 @@ def _recorded(state: State, host: Host, step: Callable[..., bool], *args: Any) -
     try:
         ok = step(state, host, *args)
     except KilnError as exc:
-        ok = _fail(host, f"node {_node(host)}: {exc}")
+        ok = fail_host(host, f"node {_node(host)}: {exc}")
     except Exception:
         rollout_for(state).failed.append(_node(host))
         raise
@@ -129,7 +125,7 @@ def earlier_failures(state: State) -> list[str]:
 
 
 def _refuse(state: State, host: Host, message: str) -> bool:
-    return _fail(host, message)
+    return fail_host(host, message)
 
 
 def refused(message: str) -> FunctionCommand:
@@ -141,12 +137,12 @@ def refused(message: str) -> FunctionCommand:
 
 
 def _as_root(host: Host) -> dict[str, bool]:
-    return {"_sudo": (host.data.get("ssh_user") or "root") != "root"}
+    return {"_sudo": node_context(host).sudo}
 
 
 def _redfish_inventory(host: Any) -> list[dict[str, Any]] | None:
     """The BMC's FirmwareInventory, or None when the inventory names no BMC."""
-    if not host.data.get("kiln_bmc"):
+    if not node_context(host).has_bmc:
         return None
     return bmc_facts.firmware_inventory(host)
 
@@ -218,7 +214,7 @@ def _drain(state: State, host: Host, pool_file: str | None, reason: str) -> bool
     if node in pool.members():
         pool.drain(node, reason)
         host.log(f"pool: drained {node} ({reason})", log_func=logger.info)
-    ledger = ledger_for(host.data)
+    ledger = Ledger(node_context(host).ledger_path)
     try:
         # Out of the pool is out of `pooled`: only the gate moves it back, after its checks.
         if ledger.state(node) == NodeState.POOLED:
@@ -246,14 +242,15 @@ def _mlx_flash(state: State, host: Host, flash: Flash, url: str) -> bool:
         NODE_TOOL, "fetch", "--sha256", flash.blob.sha256, "--size", str(flash.blob.size),
         url, image]) + " 2>&1")
     if not ok:
-        return _fail(host, f"node {node}: firmware blob {flash.blob.file}: the node's checked "
-                     f"download of {url} failed, nothing flashed: {text.strip()[-600:]}")
+        return fail_host(host, f"node {node}: firmware blob {flash.blob.file}: the node's "
+                         f"checked download of {url} failed, nothing flashed: "
+                         f"{text.strip()[-600:]}")
     for device in flash.targets:
         ok, text = _run(host, shlex.join([MLX_TOOL, "-u", "-i", image, "-y", "-d", device])
                         + " 2>&1")
         if not ok:
-            return _fail(host, f"node {node}: {MLX_TOOL} -u -i {image} -d {device} failed: "
-                         f"{text.strip()[-600:]}")
+            return fail_host(host, f"node {node}: {MLX_TOOL} -u -i {image} -d {device} "
+                             f"failed: {text.strip()[-600:]}")
         host.log(f"firmware: {flash.key} {device} <- {flash.blob.file} ({MLX_TOOL})",
                  log_func=logger.info)
     _run(host, shlex.join(["rm", "-f", image]))
@@ -275,8 +272,8 @@ def _verify(state: State, host: Host, manifest_file: str) -> bool:
     statuses = _read_again(host, components)
     wrong = [status.describe() for status in statuses.values() if not status.ok]
     if wrong:
-        return _fail(host, f"node {_node(host)}: after the update and reset the firmware is not "
-                     f"as {manifest_file} pins: " + "; ".join(wrong))
+        return fail_host(host, f"node {_node(host)}: after the update and reset the firmware "
+                         f"is not as {manifest_file} pins: " + "; ".join(wrong))
     host.log(f"firmware: all {len(statuses)} components run what {manifest_file} pins",
              log_func=logger.info)
     return True

@@ -9,20 +9,21 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
-from kiln.core.outcomes import not_built
+from kiln.core.outcomes import not_built, refuse
 from kiln.roles.base import operations as base_operations
-from kiln.roles.base.settings import manifest_for
 from kiln.roles.infiniband.pinsets import SCOPE, ofed_pin_sets
 
 
 @deploy("OFED: the InfiniBand stack, exact and held")
 def ofed() -> None:
     try:
-        manifest, path = manifest_for(host.data)
+        context = node_context(host)
+        manifest, path = context.manifest, context.manifest_path
         sets = ofed_pin_sets(manifest, str(path))
     except KilnError as exc:
-        base_operations.refuse(name="OFED manifest", message=str(exc))
+        refuse(name="OFED manifest", message=str(exc))
         return
     pins = [(pin.name, pin.version) for pin_set in sets for pin in pin_set.pins]
     base_operations.apt_index_current(name="apt index has the pinned OFED versions", pins=pins)

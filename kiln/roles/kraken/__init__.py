@@ -21,7 +21,9 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError, ValidationFailed
+from kiln.core.outcomes import refuse
 from kiln.roles.kraken import configs, operations
 from kiln.roles.kraken.settings import SERVICE_COMPONENTS, KrakenSettings, settings_from_data
 
@@ -30,7 +32,7 @@ def _settings() -> KrakenSettings | None:
     try:
         return settings_from_data(host.data)
     except ValidationFailed as exc:
-        operations.refuse(name="Kraken settings", message="; ".join(exc.problems))
+        refuse(name="Kraken settings", message="; ".join(exc.problems))
         return None
 
 
@@ -43,7 +45,7 @@ def components_here() -> tuple[str, ...]:
 
 
 def _service_addresses() -> list[str]:
-    return [str(node.data.get("ssh_hostname") or node.name)
+    return [str(node_context(node).address)
             for node in inventory.get_group("service", default=[])]
 
 
@@ -106,20 +108,20 @@ def kraken() -> None:
     components = components_here()
     if settings is None or not components:
         return
-    peer_ip = settings.peer_ip or str(host.data.get("ssh_hostname") or host.name)
+    peer_ip = settings.peer_ip or str(node_context(host).address)
     try:
         cluster = configs.cluster_from(settings, _service_addresses())
         texts = {c: configs.config_files(c, settings, cluster) for c in components}
         units = {c: configs.unit_file(c, settings, peer_ip) for c in components}
     except KilnError as exc:
-        operations.refuse(name="Kraken configuration", message=f"kraken: {exc}")
+        refuse(name="Kraken configuration", message=f"kraken: {exc}")
         return
     problems = _check_tls_files(settings)
     if settings.activate:
         problems += [f"host data kiln_kraken_images.{c} is not set: nothing to load the "
                      f"{c} container from" for c in components if c not in settings.images]
     if problems:
-        operations.refuse(name="Kraken settings", message="; ".join(problems))
+        refuse(name="Kraken settings", message="; ".join(problems))
         return
 
     unit_changes = []
@@ -153,12 +155,12 @@ def kraken() -> None:
     try:
         mirror_url = _mirror_url()
     except KilnError as exc:
-        operations.refuse(name="Kraken images", message=f"kraken: the mirror: {exc}")
+        refuse(name="Kraken images", message=f"kraken: the mirror: {exc}")
         return
     if mirror_url is None:
-        operations.refuse(name="Kraken images",
-                          message="kraken: no mirror to load images from (no service node, "
-                                  "kiln_mirror_host not set)")
+        refuse(name="Kraken images",
+               message="kraken: no mirror to load images from (no service node, "
+                       "kiln_mirror_host not set)")
         return
     if "tracker" in components and settings.redis.split(":")[0] in ("127.0.0.1", "localhost"):
         # The tracker's peer store; Debian's redis-server (from the mirror's os packages).

@@ -9,11 +9,11 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 
+from kiln.core.outcomes import refuse
 from kiln.roles.kraken import configs
 from kiln.roles.kraken.facts import ENGINE_BINARIES, ImageLoaded
 from kiln.roles.kraken.settings import KrakenSettings
 from kiln.roles.mirror.facts import FileBytes, FileDigests
-from kiln.roles.mirror.operations import refuse
 from kiln.roles.mirror.render import NODE_TOOL
 from kiln.roles.mirror.settings import ImageArchive
 

@@ -40,9 +40,10 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from kiln.core.hostdata import settings_from_host_data
+from kiln.core.models import Strict
 from kiln.roles.mirror.settings import ImageArchive
 
 PREFIX = "kiln_kraken_"
@@ -53,9 +54,6 @@ _REGISTRY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Ports(Strict):

@@ -19,7 +19,7 @@ working around that, and each request it sends is exactly what the test checks.
 - apicheck.py: record requests and validate them against MAAS's OpenAPI document (tests).
 """
 
-from kiln.roles.maas.client import MAASClient, RetryPolicy, SentRequest
+from kiln.roles.maas.client import MAASClient, SentRequest
 from kiln.roles.maas.errors import (
     ImageMismatch,
     MAASAuthError,
@@ -59,7 +59,6 @@ __all__ = [
     "MachineFailed",
     "MachineStateError",
     "Outcome",
-    "RetryPolicy",
     "SentRequest",
     "Status",
     "StatusChange",

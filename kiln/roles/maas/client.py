@@ -8,13 +8,13 @@ request is signed with OAuth 1.0 PLAINTEXT from the API key
 `consumer_key:token_key:token_secret` (an empty consumer secret, so the signature is
 `&token_secret`).
 
-Retries: 502/503/504 and connection failures are retried with exponential backoff (MAAS's
-Retry-After wins when it gives one), up to a bound. Each attempt is signed afresh: MAAS
-refuses an OAuth nonce it has seen, so replaying a signed request verbatim, as an HTTP
-library's own retry would, fails with 401. A POST is retried only when it certainly did not
-reach MAAS (connection refused or connect timeout, or a 502/503/504 answer); one whose
-answer was lost may have been applied, and retrying a deploy is not harmless. 401 is
-never retried; 400/403/404/409 raise with MAAS's response text.
+Retries (core/retry.py's policy): 502/503/504 and connection failures are retried with
+exponential backoff (MAAS's Retry-After wins when it gives one), up to a bound. Each attempt
+is signed afresh: MAAS refuses an OAuth nonce it has seen, so replaying a signed request
+verbatim, as an HTTP library's own retry would, fails with 401. A POST is retried only when
+it certainly did not reach MAAS (connection refused or connect timeout, or a 502/503/504
+answer); one whose answer was lost may have been applied, and retrying a deploy is not
+harmless. 401 is never retried; 400/403/404/409 raise with MAAS's response text.
 
 The API key is a `Secret` and never appears in a message; response texts that reach an
 error are scrubbed of it (MAAS's "invalid signature" answer can echo the signature base).
@@ -23,10 +23,8 @@ error are scrubbed of it (MAAS's "invalid signature" answer can echo the signatu
 from __future__ import annotations
 
 import base64
-import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +34,7 @@ from requests_oauthlib import OAuth1
 from urllib3.exceptions import NewConnectionError
 from urllib3.filepost import encode_multipart_formdata
 
+from kiln.core.retry import RetryPolicy
 from kiln.core.secrets import MASK, Secret
 from kiln.roles.maas.errors import (
     MAASAuthError,
@@ -46,31 +45,29 @@ from kiln.roles.maas.errors import (
 )
 from kiln.roles.maas.machine import Machine
 
-logger = logging.getLogger("kiln.maas")
-
 API_PATH = "api/2.0/"
 RETRIED_STATUSES = frozenset({502, 503, 504})
 # A text field of a form is a string on the wire; MAAS reads booleans from these spellings.
 FieldValue = str | int | bool
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a transient failure is retried."""
+# MAAS's API server restarts (an upgrade, a region failover) take longer than a BMC's hiccup.
+DEFAULT_RETRY = RetryPolicy(attempts=6, first_delay=1.0, factor=2.0, max_delay=30.0)
 
-    attempts: int = 6  # in all, the first try included
-    first_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 30.0
 
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), self.max_delay)
-            except ValueError:
-                pass  # an HTTP date: fall back to our own backoff
-        return min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
+class TransientMAASError(MAASError):
+    """One failed attempt that another attempt may fix; the retry policy's business, never
+    seen by callers (they get MAASUnavailable).
+
+    `certainly_not_applied`: the request cannot have reached MAAS (connection refused,
+    connect timeout) or MAAS answered 502/503/504 (it did not act); only then is a POST
+    retried. `retry_after` is MAAS's Retry-After header, when it sent one."""
+
+    def __init__(self, message: str, *, certainly_not_applied: bool,
+                 retry_after: str | None = None):
+        super().__init__(message)
+        self.certainly_not_applied = certainly_not_applied
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -159,10 +156,10 @@ class MAASClient:
         *,
         key_source: str = "the API key given",
         verify: bool | str = True,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         timeout: tuple[float, float] = (10.0, 90.0),
         session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,  # overrides the policy's sleep
         on_request: Callable[[SentRequest], None] | None = None,
     ):
         self.api_root = api_root(url)
@@ -171,11 +168,10 @@ class MAASClient:
         self._key_source = key_source
         self._auth = self._key.auth()
         self.verify = verify
-        self.retry = retry
+        self.retry = retry if sleep is None else replace(retry, sleep=sleep)
         # query_power_state asks the BMC and may take 30 s; deploy/commission answer fast.
         self.timeout = timeout
         self._session = session or requests.Session()
-        self._sleep = sleep
         self.on_request = on_request
 
     def __repr__(self) -> str:
@@ -204,8 +200,8 @@ class MAASClient:
         body = None
         if fields is not None:
             body, headers["Content-Type"] = encode_multipart_formdata(fields)
-        started = time.monotonic()
-        for attempt in range(1, self.retry.attempts + 1):
+
+        def attempt() -> requests.Response:
             # Prepared per attempt, so each attempt carries a fresh OAuth nonce and timestamp.
             prepared = self._session.prepare_request(
                 requests.Request(method, self.api_root + path, params=query, data=body,
@@ -221,41 +217,26 @@ class MAASClient:
                 response = self._session.send(prepared, timeout=self.timeout,
                                               allow_redirects=False, **settings)
             except requests.RequestException as exc:
-                retriable = method == "GET" or _certainly_not_sent(exc)
-                if not retriable or attempt == self.retry.attempts:
-                    raise self._unavailable(where, attempt, started, f"{type(exc).__name__}: "
-                                            f"{self._key.scrub(str(exc))}", retriable) from None
-                self._wait(where, attempt, type(exc).__name__, None)
-                continue
-            if response.status_code not in RETRIED_STATUSES:
-                return response
-            if attempt == self.retry.attempts:
-                raise self._unavailable(
-                    where, attempt, started,
-                    f"HTTP {response.status_code} {self._text(response)}", True,
-                )
-            self._wait(where, attempt, f"HTTP {response.status_code}",
-                       response.headers.get("Retry-After"))
-        raise AssertionError("unreachable: the loop returns or raises")
+                raise TransientMAASError(f"{type(exc).__name__}: {self._key.scrub(str(exc))}",
+                                         certainly_not_applied=_certainly_not_sent(exc)) from None
+            if response.status_code in RETRIED_STATUSES:
+                raise TransientMAASError(f"HTTP {response.status_code} {self._text(response)}",
+                                         certainly_not_applied=True,
+                                         retry_after=response.headers.get("Retry-After"))
+            return response
 
-    def _wait(self, where: str, attempt: int, why: str, retry_after: str | None) -> None:
-        delay = self.retry.delay(attempt, retry_after)
-        logger.warning("MAAS %s: %s answered %s (attempt %d of %d); retrying in %.1f s",
-                       self.url, where, why, attempt, self.retry.attempts, delay)
-        self._sleep(delay)
+        def repeatable(exc: BaseException) -> bool:
+            return method == "GET" or getattr(exc, "certainly_not_applied", False)
 
-    def _unavailable(self, where: str, attempts: int, started: float, last: str,
-                     retriable: bool) -> MAASUnavailable:
-        if not retriable:
-            return MAASUnavailable(
-                f"MAAS {self.url}: {where}: {last}; not retried: the request may have "
+        try:
+            return self.retry.call(attempt, endpoint=f"MAAS {self.url}", what=where,
+                                   retry_on=TransientMAASError, retry_if=repeatable,
+                                   error=MAASUnavailable)
+        except TransientMAASError as exc:  # a POST that may have reached MAAS
+            raise MAASUnavailable(
+                f"MAAS {self.url}: {where}: {exc}; not retried: the request may have "
                 "reached MAAS, so read the machine's state before trying again"
-            )
-        seconds = time.monotonic() - started
-        return MAASUnavailable(
-            f"MAAS {self.url}: {where}: no usable answer after {attempts} attempts over "
-            f"{seconds:.0f} s; last: {last}"
-        )
+            ) from None
 
     def _text(self, response: requests.Response, limit: int = 500) -> str:
         text = self._key.scrub(response.text.strip())

@@ -23,16 +23,22 @@ entry `mirror` (KILN_MIRROR_USERNAME / KILN_MIRROR_PASSWORD, or the secrets file
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError, ValidationFailed
-from kiln.core.manifest import Manifest, load_manifest, manifest_path
-from kiln.core.secrets import lookup
+from kiln.core.manifest import Manifest
+from kiln.core.outcomes import refuse
 from kiln.roles.mirror import operations
 from kiln.roles.mirror.layout import MANAGED, UPLOADS
 from kiln.roles.mirror.plan import FillPlan, build_plan
@@ -54,7 +60,7 @@ from kiln.roles.mirror.render import (
 )
 from kiln.roles.mirror.resolve import AptResolver, resolve_closure
 from kiln.roles.mirror.settings import MirrorSettings, require, settings_from_data
-from kiln.roles.mirror.signing import MirrorKey
+from kiln.roles.mirror.signing import read_public_key
 
 NODE_TOOL_SOURCE = Path(__file__).with_name("nodetool.py")
 NGINX_STAMP = "/var/lib/kiln-mirror/nginx-loaded"
@@ -66,29 +72,18 @@ def _settings() -> MirrorSettings | None:
     try:
         return settings_from_data(host.data)
     except ValidationFailed as exc:
-        operations.refuse(name="Mirror settings", message="; ".join(exc.problems))
+        refuse(name="Mirror settings", message="; ".join(exc.problems))
         return None
 
 
-# pyinfra prepares hosts concurrently (gevent); the key and the apt resolution are made once.
+# pyinfra prepares hosts concurrently (gevent); the apt resolution is made once.
 _CONTROLLER_WORK = threading.Lock()
-_KEYS: dict[str, tuple[str, str]] = {}
 
 
-def mirror_key(state: str) -> tuple[str, str]:
-    """(fingerprint, armored public key) of the cluster's mirror key, made the first time
-    kiln needs it; the private half stays in `state`."""
-    with _CONTROLLER_WORK:
-        if state not in _KEYS:
-            key = MirrorKey(Path(state))
-            with key.session():
-                fingerprint, made = key.ensure()
-                public = key.public_armor(fingerprint)
-            if made:
-                logger.info(f"mirror: made the cluster's mirror signing key {fingerprint} "
-                            f"in {state}")
-            _KEYS[state] = (fingerprint, public)
-        return _KEYS[state]
+def mirror_public_key(state: str) -> str:
+    """The armored public half of the cluster's mirror key. The key is made once, by
+    `kiln mirror init-key`, never while a run is planned: a preview writes nothing."""
+    return read_public_key(Path(state).expanduser())
 
 
 def mirror_address(settings: MirrorSettings) -> str | None:
@@ -99,13 +94,27 @@ def mirror_address(settings: MirrorSettings) -> str | None:
     if not service:
         return None
     first = service[0]
-    return first.data.get("ssh_hostname") or first.name
+    return node_context(first).address
 
 
-def _manifests(settings: MirrorSettings) -> dict[str, Manifest]:
-    skus = sorted({str(sku) for sku in (h.data.get("kiln_sku") for h in inventory) if sku})
-    firmware_dir = Path(settings.firmware_dir)
-    return {sku: load_manifest(manifest_path(firmware_dir, sku)) for sku in skus}
+def inventory_manifests(hosts: Iterable[Any]) -> dict[str, Manifest]:
+    """SKU -> manifest, for every SKU of `hosts`: each node's own, from its node context
+    (kiln_firmware_dir/<kiln_sku>.yaml), so the mirror carries what the nodes will install."""
+    paths: dict[str, Path] = {}
+    manifests: dict[str, Manifest] = {}
+    for member in hosts:
+        context = node_context(member)
+        if not context.sku:
+            continue
+        path = context.manifest_path
+        if context.sku in paths and paths[context.sku] != path:
+            raise KilnError(f"SKU {context.sku} has two manifests in the inventory: "
+                            f"{paths[context.sku]} and {path} (node {context.label}): "
+                            "give its nodes one kiln_firmware_dir")
+        if context.sku not in paths:
+            paths[context.sku] = path
+            manifests[context.sku] = context.manifest
+    return dict(sorted(manifests.items()))
 
 
 @deploy("Mirror server: nginx serving the mirror tree")
@@ -119,15 +128,11 @@ def mirror_server() -> None:
         if path and not Path(path).expanduser().is_file():
             problems.append(f"host data kiln_mirror_{field}: {path} does not exist")
     try:
-        credentials = lookup(
-            "mirror", ("username", "password"),
-            secrets_file=host.data.get("kiln_secrets_file"),
-            env_prefix=host.data.get("kiln_secrets_env_prefix") or "KILN_",
-        )
+        credentials = node_context(host).credentials("mirror", ("username", "password"))
     except KilnError as exc:
         problems.append(f"mirror upload credentials: {exc}")
     if problems:
-        operations.refuse(name="Mirror server settings", message="; ".join(problems))
+        refuse(name="Mirror server settings", message="; ".join(problems))
         return
     root = settings.root
 
@@ -164,21 +169,34 @@ def mirror_server() -> None:
                              config=[SITE, SITE_ENABLED, TLS_CERT, TLS_KEY], stamp=NGINX_STAMP)
 
 
+@contextmanager
+def _apt_state(cache: Path) -> Iterator[Path]:
+    """Where apt resolves: the controller's cache of upstream lists in a run; in a preview,
+    a throwaway copy of it, so that a preview writes nothing."""
+    if not host.state.check_for_changes:
+        yield cache
+        return
+    with tempfile.TemporaryDirectory(prefix="kiln-mirror-preview-") as scratch:
+        copy = Path(scratch) / "apt"
+        if cache.is_dir():
+            shutil.copytree(cache, copy, symlinks=True)
+        yield copy
+
+
 def fill_plan(settings: MirrorSettings) -> FillPlan:
     """Resolve and plan on the controller (reads only: nothing on any node changes)."""
-    manifests = _manifests(settings)
+    manifests = inventory_manifests(inventory)
     sku_pins = {sku: manifest.pinned_packages() for sku, manifest in manifests.items()}
     debs = []
     if any(sku_pins.values()) or settings.os_packages:
         problems = require(settings, "apt_upstream")
         if problems:
             raise KilnError("; ".join(problems))
-        state = Path(settings.state).expanduser()
         base_status = Path(settings.base_status).expanduser() if settings.base_status else None
-        resolver = AptResolver(state / "apt", settings.arch, settings.apt_upstream, base_status)
-        with _CONTROLLER_WORK:
+        with _CONTROLLER_WORK, _apt_state(Path(settings.state).expanduser() / "apt") as apt:
+            resolver = AptResolver(apt, settings.arch, settings.apt_upstream, base_status)
             debs = resolve_closure(resolver, sku_pins, settings.os_packages)
-    _, public = mirror_key(settings.state)
+    public = mirror_public_key(settings.state)
     return build_plan(settings, manifests, debs, public)
 
 
@@ -190,7 +208,7 @@ def mirror_fill() -> None:
     try:
         plan = fill_plan(settings)
     except KilnError as exc:
-        operations.refuse(name="Mirror fill plan", message=f"mirror: {exc}")
+        refuse(name="Mirror fill plan", message=f"mirror: {exc}")
         return
     for note in plan.notes:
         host.log(f"mirror: {note}", log_func=logger.info)
@@ -223,14 +241,14 @@ def mirror_clients() -> None:
         return
     address = mirror_address(settings)
     if address is None:
-        operations.refuse(name="Mirror address",
-                          message="no mirror: no service node in the inventory and host data "
-                                  "kiln_mirror_host is not set")
+        refuse(name="Mirror address",
+               message="no mirror: no service node in the inventory and host data "
+                       "kiln_mirror_host is not set")
         return
     try:
-        _, public = mirror_key(settings.state)
+        public = mirror_public_key(settings.state)
     except KilnError as exc:
-        operations.refuse(name="Mirror signing key", message=f"mirror: {exc}")
+        refuse(name="Mirror signing key", message=f"mirror: {exc}")
         return
     files.put(name="Mirror signing key (apt)", src=io.StringIO(public), dest=KEYRING)
     files.put(name="apt source: the mirror",

@@ -27,7 +27,7 @@ from kiln.roles.mirror.facts import (
 )
 from kiln.roles.mirror.layout import FetchItem
 from kiln.roles.mirror.render import NODE_TOOL, htpasswd_line, htpasswd_matches
-from kiln.roles.mirror.signing import MirrorKey
+from kiln.roles.mirror.signing import MirrorKey, read_public_key, release_signed_by
 
 logger = logging.getLogger("pyinfra")
 
@@ -45,17 +45,6 @@ def _upload(data: bytes, dest: str) -> FileUploadCommand:
     return FileUploadCommand(
         io.BytesIO(data), dest, remote_temp_filename=host.get_temp_filename(dest)
     )
-
-
-def _fail(state: State, host: Host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
-
-
-@operation(is_idempotent=False)
-def refuse(message: str):  # noqa: ANN201 - pyinfra operation generator
-    """Fail this host with `message` (bad settings): the run goes on for the others."""
-    yield FunctionCommand(_fail, (message,), {})
 
 
 def _report_fetched(state: State, host: Host, items: Sequence[FetchItem]) -> bool:
@@ -149,16 +138,21 @@ def signed_release(root: str, dists: str, suite: str, arch: str, indexes: dict[s
     previous = host.get_fact(FileBytes, path=f"{base}/Release")
     draft = aptrepo.release_text(suite, arch, indexes, date="-")
     release = aptrepo.release_text(suite, arch, indexes, date=_release_date(previous, draft))
-    key = MirrorKey(Path(key_state))
-    with key.session():
-        fingerprint, _ = key.ensure()
-        if previous == release.encode():
-            inrelease = host.get_fact(FileBytes, path=f"{base}/InRelease")
-            detached = host.get_fact(FileBytes, path=f"{base}/Release.gpg")
-            if key.verifies(fingerprint, release.encode(), inrelease, detached):
-                return
-        inrelease, detached = key.sign(fingerprint, release.encode())
+    if previous == release.encode():
+        inrelease = host.get_fact(FileBytes, path=f"{base}/InRelease")
+        detached = host.get_fact(FileBytes, path=f"{base}/Release.gpg")
+        public = read_public_key(Path(key_state).expanduser())
+        if release_signed_by(public, release.encode(), inrelease, detached):
+            return
     yield StringCommand("mkdir", "-p", QuoteString(base))
+    if not host.state.is_executing:
+        # Planning a preview: the Release is shown, nothing is signed (gpg writes into the
+        # key's home even to sign). The run signs when it executes this operation.
+        yield _upload(release.encode(), f"{base}/Release")
+        return
+    key = MirrorKey(Path(key_state).expanduser())
+    with key.session():
+        inrelease, detached = key.sign(key.existing_fingerprint(), release.encode())
     yield _upload(release.encode(), f"{base}/Release")
     yield _upload(inrelease, f"{base}/InRelease")
     yield _upload(detached, f"{base}/Release.gpg")

@@ -20,7 +20,9 @@ Every key is `kiln_mirror_<field>`; a bad value is reported as `host data kiln_m
                                 archives (roles/kraken), fetched into images/ like the above
     kiln_mirror_arch            amd64               the nodes' dpkg architecture
     kiln_mirror_suite           kiln                the mirror's apt suite
-    kiln_firmware_dir           firmware            controller: the manifests (<sku>.yaml)
+
+The manifests whose pins the mirror carries are each node's own: its node context's
+(kiln.core.context) kiln_firmware_dir/<kiln_sku>.yaml, kiln's shipped firmware/ by default.
 """
 
 from __future__ import annotations
@@ -28,16 +30,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from kiln.core.hostdata import settings_from_host_data
+from kiln.core.models import Strict
+from kiln.core.outcomes import not_set
 
 PREFIX = "kiln_mirror_"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AptUpstream(Strict):
@@ -111,7 +112,6 @@ class MirrorSettings(Strict):
     kraken_images: dict[str, ImageArchive] = {}
     arch: str = "amd64"
     suite: str = "kiln"
-    firmware_dir: str = "firmware"
 
     @field_validator("root")
     @classmethod
@@ -139,7 +139,7 @@ class MirrorSettings(Strict):
 
 
 # Fields read from another role's keys: the mirror fetches what those roles pin.
-_FOREIGN_KEYS = {"firmware_dir": "kiln_firmware_dir", "kraken_images": "kiln_kraken_images"}
+_FOREIGN_KEYS = {"kraken_images": "kiln_kraken_images"}
 
 
 def data_key(field: str) -> str:
@@ -153,8 +153,5 @@ def settings_from_data(data: Any) -> MirrorSettings:
 
 def require(settings: MirrorSettings, *fields: str) -> list[str]:
     """Problems for fields a step needs that are not set, each naming its data key."""
-    return [
-        f"host data {data_key(field)} is not set (see roles/mirror/settings.py)"
-        for field in fields
-        if getattr(settings, field) in (None, [])
-    ]
+    return not_set([data_key(field) for field in fields
+                    if getattr(settings, field) in (None, [])], "roles/mirror/settings.py")

@@ -94,6 +94,14 @@ class MirrorKey:
         (self.state / PUBLIC_KEY).write_text(text)
         return text
 
+    def existing_fingerprint(self) -> str:
+        """The key's fingerprint; an error naming `kiln mirror init-key` when there is none
+        (signing never makes a key of its own: making one is an explicit step)."""
+        found = self.fingerprint()
+        if not found:
+            raise SigningError(missing_key_message(self.state))
+        return found
+
     def sign(self, fingerprint: str, release: bytes) -> tuple[bytes, bytes]:
         """(InRelease, Release.gpg) for `release`."""
         common = ("--armor", "--digest-algo", "SHA512", "--local-user", fingerprint)
@@ -101,25 +109,63 @@ class MirrorKey:
         detached = self._gpg(*common, "--detach-sign", stdin=release)
         return inrelease, detached
 
-    def verifies(self, fingerprint: str, release: bytes, inrelease: bytes | None,
-                 detached: bytes | None) -> bool:
-        """Whether both signatures are this key's, over exactly `release`."""
-        if not inrelease or not detached:
-            return False
-        with tempfile.TemporaryDirectory(prefix="kiln-mirror-verify-") as tmp:
+
+def release_signed_by(public: str, release: bytes, inrelease: bytes | None,
+                      detached: bytes | None) -> bool:
+    """Whether both signatures are by the key whose armored public half is `public`, over
+    exactly `release`. Checked in a throwaway gnupg home holding only that public key: a
+    preview reads the mirror's signatures without touching the key's own home."""
+    if not inrelease or not detached:
+        return False
+    with tempfile.TemporaryDirectory(prefix="kiln-mirror-verify-") as tmp:
+        home = Path(tmp) / "h"
+        home.mkdir(mode=0o700)
+        gpg = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--quiet"]
+        try:
+            subprocess.run([*gpg, "--import"], input=public.encode(), capture_output=True,
+                           check=True)
+            listing = subprocess.run([*gpg, "--with-colons", "--list-keys"],
+                                     capture_output=True, check=True).stdout.decode()
+            fingerprints = [line.split(":")[9] for line in listing.splitlines()
+                            if line.startswith("fpr:")]
             paths = {name: Path(tmp) / name for name in ("Release", "InRelease", "Release.gpg")}
             paths["Release"].write_bytes(release)
             paths["InRelease"].write_bytes(inrelease)
             paths["Release.gpg"].write_bytes(detached)
             for args in ((str(paths["InRelease"]),),
                          (str(paths["Release.gpg"]), str(paths["Release"]))):
-                result = subprocess.run(
-                    ["gpg", "--homedir", str(self._link or self.home), "--batch",
-                     "--status-fd", "1", "--verify", *args],
-                    capture_output=True,
-                )
-                valid = f"VALIDSIG {fingerprint}".encode() in result.stdout
-                if result.returncode != 0 or not valid:
+                result = subprocess.run([*gpg, "--status-fd", "1", "--verify", *args],
+                                        capture_output=True)
+                if result.returncode != 0 or not fingerprints or \
+                        f"VALIDSIG {fingerprints[0]}".encode() not in result.stdout:
                     return False
-            clear = self._gpg("--decrypt", str(paths["InRelease"]), check=False)
-        return clear.rstrip(b"\n") == release.rstrip(b"\n")
+            clear = subprocess.run([*gpg, "--decrypt", str(paths["InRelease"])],
+                                   capture_output=True).stdout
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           capture_output=True)
+    return clear.rstrip(b"\n") == release.rstrip(b"\n")
+
+
+def missing_key_message(state: Path) -> str:
+    return (f"no mirror signing key in {state} (host data kiln_mirror_state): make it once "
+            f"with `kiln mirror init-key --state {state}`")
+
+
+def init_key(state: Path) -> tuple[str, bool]:
+    """(fingerprint, made now?): the cluster's key, made the first time only, its public
+    half exported beside it for kiln's runs to read."""
+    key = MirrorKey(state)
+    with key.session():
+        fingerprint, made = key.ensure()
+        key.public_armor(fingerprint)
+    return fingerprint, made
+
+
+def read_public_key(state: Path) -> str:
+    """The armored public half `init_key` exported: a plain file read, so a run's planning
+    and a preview read the key without running gpg (which writes into its home)."""
+    try:
+        return (Path(state) / PUBLIC_KEY).read_text()
+    except FileNotFoundError:
+        raise SigningError(missing_key_message(Path(state))) from None

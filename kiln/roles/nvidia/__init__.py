@@ -19,10 +19,11 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.core.manifest import Manifest
+from kiln.core.outcomes import refuse
 from kiln.roles.base import operations as base_operations
-from kiln.roles.base.settings import manifest_for
 from kiln.roles.nvidia import operations
 from kiln.roles.nvidia.pinsets import SCOPE, driver_version, nvidia_pin_sets
 
@@ -60,12 +61,13 @@ def _services(manifest: Manifest) -> list[str]:
 @deploy("NVIDIA: driver, fabric manager, DCGM, CUDA, NCCL, exact and held")
 def nvidia() -> None:
     try:
-        manifest, path = manifest_for(host.data)
+        context = node_context(host)
+        manifest, path = context.manifest, context.manifest_path
         sets = nvidia_pin_sets(manifest, str(path))
         activation = _activation()
         services = _services(manifest)
     except KilnError as exc:
-        base_operations.refuse(name="NVIDIA manifest and settings", message=str(exc))
+        refuse(name="NVIDIA manifest and settings", message=str(exc))
         return
     version = driver_version(manifest)
     pins = [(pin.name, pin.version) for pin_set in sets for pin in pin_set.pins]

@@ -15,8 +15,10 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.context import state as current_state
 
+from kiln.core.context import node_context
+from kiln.core.outcomes import fail, preview
 from kiln.roles.base.facts import DebPackages, ServiceStates, installed_versions
-from kiln.roles.base.operations import failure, node_readable, preview
+from kiln.roles.base.operations import node_readable
 from kiln.roles.bmc import operations as bmc_operations
 from kiln.roles.nvidia.facts import LoadedNvidiaModules, NvidiaDeviceUsers, NvidiaDriverState
 
@@ -41,7 +43,7 @@ def describe_running(driver: dict[str, Any]) -> str:
 
 def has_bmc() -> bool:
     """The inventory names this node's BMC (host data kiln_bmc), so kiln can reboot it."""
-    return bool(host.data.get("kiln_bmc"))
+    return node_context(host).has_bmc
 
 
 def reload_commands(loaded: list[str], services: list[str]) -> list[str]:
@@ -85,14 +87,14 @@ def driver_running(version: str, package: str, activation: str,  # noqa: ANN201
                  if user["command"] not in NVIDIA_DAEMONS]
         if users:
             named = ", ".join(f"{user['command']} (pid {user['pid']})" for user in users)
-            yield failure(f"{situation}. Not reloading the module while GPUs are in use by "
+            yield fail(f"{situation}. Not reloading the module while GPUs are in use by "
                           f"{named}: drain the node, or reboot it")
             return
         for command in reload_commands(host.get_fact(LoadedNvidiaModules), services):
             yield StringCommand(command)
         return
     if not has_bmc():
-        yield failure(f"{situation}. The module changes at the next boot, and the inventory "
+        yield fail(f"{situation}. The module changes at the next boot, and the inventory "
                       "names no BMC (kiln_bmc) to reboot the node with: reboot it, run again")
         return
     # Through the BMC, not `reboot`: it works when the OS cannot (a hung driver unload), and
@@ -111,7 +113,7 @@ def services_running(units: list[str]):  # noqa: ANN201
     states = host.get_fact(ServiceStates, units=units)
     unknown = [unit for unit in units if not states.get(unit, {}).get("enabled")]
     if unknown:
-        yield failure(f"no such service: {', '.join(unknown)} (the pinned packages should "
+        yield fail(f"no such service: {', '.join(unknown)} (the pinned packages should "
                       "install them; host data kiln_nvidia_services names them)")
         return
     for unit in units:
@@ -138,6 +140,6 @@ def driver_verified(version: str):  # noqa: ANN201
     elif set(smi["versions"]) != {version}:
         problem = f"nvidia-smi reports driver {', '.join(sorted(set(smi['versions'])))}"
     if problem:
-        yield failure(f"the running driver is not the pinned {version}: {problem}")
+        yield fail(f"the running driver is not the pinned {version}: {problem}")
     else:
         host.noop(f"nvidia-smi: driver {version} on {len(smi['versions'])} GPUs")

@@ -33,11 +33,12 @@ from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
-from kiln.core.ledger import InvalidTransition, Ledger
+from kiln.core.ledger import InvalidTransition, Ledger, recorded_state
 from kiln.core.ledger import NodeState as L
-from kiln.core.manifest import OSImage, load_manifest
-from kiln.core.paths import FIRMWARE_DIR
+from kiln.core.manifest import OSImage
+from kiln.core.outcomes import fail, fail_host, preview_line
 from kiln.roles.maas import Waiter, commissioned, deployed, released
 from kiln.roles.maas.lifecycle import has_image, image_text
 from kiln.roles.maas.machine import Machine, Status
@@ -74,23 +75,22 @@ def _image(image: OSImage) -> str:
 
 
 def desired_image(data: Any) -> OSImage:
-    """The image of the node's SKU manifest (firmware/<sku>.yaml)."""
-    sku = data.get("kiln_sku")
-    return load_manifest(FIRMWARE_DIR / f"{sku}.yaml").os
+    """The image of the node's SKU manifest (<kiln_firmware_dir>/<sku>.yaml)."""
+    return node_context(data).manifest.os
 
 
 def kiln_public_keys(data: Any) -> list[str]:
     """The key kiln logs in with after the deploy: `kiln_ssh_public_key` in group data, or
     the public half beside the private key pyinfra uses (`ssh_key`)."""
-    key = data.get("kiln_ssh_public_key")
+    context = node_context(data)
+    key = context.get("kiln_ssh_public_key")
     if key:
         return [str(key).strip()]
-    private = data.get("ssh_key")
+    private = context.get("ssh_key")
     if private:
         return [public_key_of(private)]
-    node = data.get("kiln_node")
     raise ProvisionError(
-        f"{node}: no SSH key to deploy with: set kiln_ssh_public_key in group data, or "
+        f"{context.label}: no SSH key to deploy with: set kiln_ssh_public_key in group data, or "
         "ssh_key (the private key; its .pub beside it is deployed)"
     )
 
@@ -100,11 +100,13 @@ def user_data_for(data: Any) -> str:
 
 
 def ledger_for(data: Any) -> Ledger:
-    return Ledger(data.get("kiln_ledger") or "state/kiln.db")
+    """The ledger the node's context names (kiln_ledger, default state/kiln.db)."""
+    return Ledger(node_context(data).ledger_path)
 
 
 def pool_for(data: Any) -> FilePool:
-    return FilePool(data.get("kiln_pool_file") or "state/pool.yaml")
+    """The file pool the node's context names (kiln_pool_file, default state/pool.yaml)."""
+    return FilePool(node_context(data).pool_file)
 
 
 # -- the ledger follows MAAS ----------------------------------------------------------------
@@ -154,11 +156,11 @@ class NodeRun:
 
     def __init__(self, state: State, host: Host):
         self.host = host
-        self.data = host.data
-        self.node = self.data.get("kiln_node") or host.name
-        self.client = client_for_host(self.data)
-        self.identity = identity_for_host(self.data)
-        self.ledger = ledger_for(self.data)
+        self.context = node_context(host)
+        self.node = self.context.label
+        self.client = client_for_host(self.context)
+        self.identity = identity_for_host(self.context)
+        self.ledger = ledger_for(self.context)
         self.waiter = Waiter(poll_interval=POLL_SECONDS, progress=self.progress,
                              sleep=gevent.sleep)
 
@@ -167,8 +169,7 @@ class NodeRun:
 
     def fail(self, why: str) -> bool:
         quarantine(self.ledger, self.node, why)
-        self.host.log_styled(why, fg="red", log_func=logger.error)
-        return False
+        return fail_host(self.host, why)
 
     def record_changes(self, outcome: Any, why: str) -> None:
         """Every status change kiln saw, in order, then where the machine ended."""
@@ -184,7 +185,7 @@ def _start(state: State, host: Host, what: str) -> NodeRun | None:
     try:
         return NodeRun(state, host)
     except (KilnError, OSError) as exc:
-        host.log_styled(f"{what}: {exc}", fg="red", log_func=logger.error)
+        fail_host(host, f"{what}: {exc}")
         return None
 
 
@@ -193,7 +194,7 @@ def _provision_node(state: State, host: Host, image: OSImage) -> bool:
     if run is None:
         return False
     try:
-        check_bmc(run.data)
+        check_bmc(run.context)
         machine = run.client.find(run.identity)
         if machine.status == Status.FAILED_DEPLOYMENT:
             # An earlier deploy failed; MAAS's way back is a release, then deploy again.
@@ -203,7 +204,7 @@ def _provision_node(state: State, host: Host, image: OSImage) -> bool:
         outcome = commissioned(run.client, machine, waiter=run.waiter,
                                timeout=COMMISSION_TIMEOUT)
         run.record_changes(outcome, "commissioned")
-        outcome = deployed(run.client, outcome.machine, image, user_data_for(run.data),
+        outcome = deployed(run.client, outcome.machine, image, user_data_for(run.context),
                            waiter=run.waiter, timeout=DEPLOY_TIMEOUT)
         run.record_changes(outcome, f"deployed {_image(image)}")
     except (KilnError, OSError) as exc:
@@ -212,37 +213,58 @@ def _provision_node(state: State, host: Host, image: OSImage) -> bool:
     return True
 
 
+# Ledger states a machine MAAS reports Deployed is adopted from: kiln has not yet seen it
+# deployed (a node kiln configured, pooled or quarantined is past that).
+ADOPTABLE = (None, L.ENROLLED, L.READY, L.DEPLOYING)
+
+
+def _adopt_deployed(state: State, host: Host, machine: Machine) -> bool:
+    context = node_context(host)
+    ledger = ledger_for(context)
+    try:
+        if ledger.state(context.label) in ADOPTABLE:
+            follow(ledger, context.label, machine, "found Deployed with the manifest's image")
+    finally:
+        ledger.close()
+    return True
+
+
 @operation(is_idempotent=True)
 def machine_deployed():  # noqa: ANN201 - pyinfra operation generator
     """The node is Deployed in MAAS with its SKU's image (commissioned first if needed)."""
-    data = current_host.data
-    node = data.get("kiln_node") or current_host.name
-    image = desired_image(data)
+    context = node_context(current_host)
+    node = context.label
     try:
-        client = client_for_host(data)
-        machine = client.find(identity_for_host(data))
+        image = desired_image(context)
+    except KilnError as exc:
+        yield fail(f"provision: {exc}")
+        return
+    try:
+        client = client_for_host(context)
+        machine = client.find(identity_for_host(context))
     except (KilnError, OSError) as exc:
         # The command reports it (and fails the host) when it runs. A preview says so now,
         # and plans nothing after it: a node MAAS cannot vouch for cannot be read.
         if current_state.check_for_changes:
             _PREVIEW_UNDEPLOYED.add(node)
-            current_host.log_styled(
-                f"provision: cannot ask MAAS whether it is deployed ({exc}); its later stages "
-                "are planned once it can be read", fg="yellow", log_func=logger.warning)
+            preview_line(current_host, f"provision: cannot ask MAAS whether it is deployed "
+                                       f"({exc}); its later stages are planned once it can be "
+                                       "read", warn=True)
         yield FunctionCommand(_provision_node, (image,), {})
         return
     if machine.status == Status.DEPLOYED and has_image(machine, image):
-        ledger = ledger_for(data)
-        if ledger.state(node) in (None, L.ENROLLED, L.READY, L.DEPLOYING):
-            follow(ledger, node, machine, "found Deployed with the manifest's image")
+        if recorded_state(context.ledger_path, node) in ADOPTABLE:
+            # Deployed before kiln recorded it: the ledger catches up, as a change of its
+            # own (a preview lists it and writes nothing).
+            preview_line(current_host, f"{node}: Deployed with {_image(image)}; the ledger "
+                                       "will record it")
+            yield FunctionCommand(_adopt_deployed, (machine,), {})
+            return
         current_host.noop(f"{node}: already Deployed with {_image(image)}")
         return
     if current_state.check_for_changes:
         _PREVIEW_UNDEPLOYED.add(node)
-        current_host.log_styled(
-            f"{node}: will be imaged (MAAS: {machine.status_name})", fg="yellow",
-            log_func=logger.info,
-        )
+        preview_line(current_host, f"{node}: will be imaged (MAAS: {machine.status_name})")
     yield FunctionCommand(_provision_node, (image,), {})
 
 
@@ -253,7 +275,7 @@ _PREVIEW_UNDEPLOYED: set[str] = set()
 
 def will_be_imaged(host: Host) -> bool:
     """True in a change preview (no -y) for a node MAAS has not deployed yet."""
-    return (host.data.get("kiln_node") or host.name) in _PREVIEW_UNDEPLOYED
+    return node_context(host).label in _PREVIEW_UNDEPLOYED
 
 
 @deploy("Provision: image bare metal through MAAS and the BMC")
@@ -269,10 +291,10 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
     if run is None:
         return False
     try:
-        if pool_for(run.data).drain(run.node, "reprovisioning"):
+        if pool_for(run.context).drain(run.node, "reprovisioning"):
             run.progress(f"{run.node}: drained from the pool (reprovisioning)")
         record(run.ledger, run.node, L.REPROVISIONING, "reprovision requested")
-        check_bmc(run.data)
+        check_bmc(run.context)
         machine = run.client.find(run.identity)
         outcome = released(run.client, machine, erase=True, waiter=run.waiter,
                            timeout=RELEASE_TIMEOUT)
@@ -280,7 +302,7 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
         outcome = commissioned(run.client, outcome.machine, recommission=True,
                                waiter=run.waiter, timeout=COMMISSION_TIMEOUT)
         run.record_changes(outcome, "recommissioned")
-        outcome = deployed(run.client, outcome.machine, image, user_data_for(run.data),
+        outcome = deployed(run.client, outcome.machine, image, user_data_for(run.context),
                            waiter=run.waiter, timeout=DEPLOY_TIMEOUT)
         run.record_changes(outcome, "redeployed")
     except (KilnError, OSError) as exc:
@@ -292,12 +314,16 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
 @operation(is_idempotent=False)
 def machine_reprovisioned():  # noqa: ANN201 - pyinfra operation generator
     """Drained, released with erase, commissioned, deployed: a fresh install."""
-    image = desired_image(current_host.data)
-    node = current_host.data.get("kiln_node") or current_host.name
+    context = node_context(current_host)
+    node = context.label
+    try:
+        image = desired_image(context)
+    except KilnError as exc:
+        yield fail(f"reprovision: {exc}")
+        return
     if current_state.check_for_changes:
         _PREVIEW_UNDEPLOYED.add(node)
-        current_host.log_styled(f"{node}: will be released, erased and imaged again",
-                                fg="yellow", log_func=logger.info)
+        preview_line(current_host, f"{node}: will be released, erased and imaged again")
     yield FunctionCommand(_reprovision_node, (image,), {})
 
 

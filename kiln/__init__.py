@@ -1,0 +1,1 @@
+"""kiln: declarative bring-up of bare-metal GPU clusters with pyinfra (see README.md)."""
