@@ -8,6 +8,7 @@ from pyinfra.api.exceptions import FactProcessError
 
 from kiln.core.parsing import ParseError
 from kiln.roles.base.facts import (
+    AptHolds,
     AptPackageIndex,
     AptPolicySources,
     DebPackages,
@@ -136,7 +137,8 @@ def test_apt_index_fact_asks_apt_cache_once_per_name():
 def test_apt_facts_never_write_apt_caches_on_the_node():
     # A fact only reads: apt-cache would otherwise rewrite /var/cache/apt/*.bin (found by
     # the lab's preview test).
-    for command in (AptPackageIndex().command(["a"]), AptPolicySources().command()):
+    for command in (AptPackageIndex().command(["a"]), AptPolicySources().command(),
+                    AptHolds().command()):
         assert "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=" in command
 
 

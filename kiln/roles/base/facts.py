@@ -45,21 +45,25 @@ def installed_versions(packages: dict[str, dict[str, str]]) -> dict[str, str]:
             if entry["status"] == "i"}
 
 
+# apt-cache and apt-mark rebuild /var/cache/apt/*.bin when they find them stale: a fact
+# would write on the node it only reads. With the caches named empty, apt builds them in
+# memory only.
+APT_READ_ONLY = "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache="
+APT_CACHE = f"apt-cache {APT_READ_ONLY}"
+
+
 class AptHolds(FactBase):
     """Packages on hold (`apt-mark showhold`), sorted."""
 
     default = list
 
     def command(self) -> str:
-        return "apt-mark showhold"
+        return f"apt-mark {APT_READ_ONLY} showhold"
 
     def process(self, output: list[str]) -> list[str]:
         return parse_fact_output(parse_showhold, output)
 
 
-# apt-cache rebuilds /var/cache/apt/*.bin when it finds them stale: a fact would write on
-# the node it only reads. With the caches named empty, apt builds them in memory only.
-APT_CACHE = "apt-cache -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache="
 
 
 class AptPackageIndex(FactBase):
