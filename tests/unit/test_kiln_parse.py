@@ -69,3 +69,59 @@ def test_unknown_tool_lists_known(capsys, tmp_path):
     code, _, err = run(capsys, "nvidia-smi-x", str(tmp_path / "x"))
     assert code == 1
     assert "unknown TOOL 'nvidia-smi-x'" in err and "nccl-tests" in err
+
+
+# Every parser of kiln/parse.py against every real capture of its tool in tests/fixtures
+# (tests/fixtures/README.txt says which are real; the hand-written ones are left out here).
+REAL_CAPTURES = {
+    "nvidia-smi-q": ["nvidia-smi/q.h100x8.535.161.08.txt", "nvidia-smi/q.a10x1.535.129.03.txt",
+                     "nvidia-smi/q.rtx4090x8.535.154.05.txt",
+                     "nvidia-smi/q-d-page-retirement.x8.535.86.10.txt"],
+    "nvidia-smi-csv": ["nvidia-smi/query-gpu.h100x8.535.161.07.csv"],
+    "nvidia-smi-nvlink": ["nvidia-smi/nvlink-status.a100.txt",
+                          "nvidia-smi/nvlink-status.a100.gpu7.txt"],
+    "ibstat": ["ibstat/ibstat.h100.all-active.txt", "ibstat/ibstat.a100.all-active.txt",
+               "ibstat/ibstat.h100.ib-ndr.all-active.txt"],
+    "ib-sysfs": [],  # a directory tree: test_parsers_infiniband.test_sysfs_tree reads it
+    "nccl-tests": ["nccl-tests/all_reduce_perf.a100x8.single-node.gcm.txt",
+                   "nccl-tests/all_reduce_perf.a100x8.superbench.txt"],
+    "ib-write-bw": ["perftest/ib_write_bw.loopback-8M.hdr.superbench.txt",
+                    "perftest/ib_write_bw.loopback-all-sizes.hdr.superbench.txt",
+                    "perftest/ib_write_bw.use-cuda-dmabuf.h200-roce.txt"],
+    "mlxfwmanager": [],  # no real capture in the shared fixture set
+    "mlxconfig": ["mlxconfig/mstconfig-q.connectx6.trimmed.txt"],
+    "dcgmi-diag": ["dcgmi/diag-r1.dcgm3.t4.pass.json", "dcgmi/diag-r2.dcgm3.t4.pass.json",
+                   "dcgmi/diag-r3.dcgm3.t4.pass.json", "dcgmi/diag-r2.dcgm3.3.3.a100x8.pass.txt"],
+    "dmesg": ["dmesg/dmesg-with-xid-119.log", "dmesg/kmsg-peermem.log",
+              "dmesg/boot.hgx-h100.550.90.07.decode-iso.log", "dmesg/xid13-xid43.decode-iso.log",
+              "dmesg/peermem-error.decode-iso.log", "dmesg/kmsg-nvswitch-open.log",
+              "dmesg/imbue-doctest-lines.log"],
+}
+
+
+def test_every_parser_has_its_real_captures_listed():
+    from kiln.parse import PARSERS
+
+    assert set(REAL_CAPTURES) == set(PARSERS)
+
+
+@pytest.mark.parametrize("tool, path", [
+    (tool, path) for tool, paths in REAL_CAPTURES.items() for path in paths])
+def test_every_parser_reads_every_real_capture(capsys, tool, path):
+    code, out, err = run(capsys, tool, str(FIXTURES / path))
+    assert (code, err) == (0, "")
+    assert json.loads(out)
+
+
+def test_a_failed_tool_run_is_named(capsys):
+    path = FIXTURES / "ibstat" / "ibstat.a100.ibpanic-exit-255.txt"
+    code, out, err = run(capsys, "ibstat", str(path))
+    assert code == 1 and "ibstat failed after 8 CA(s): ibpanic:" in err
+
+
+def test_a_launcher_failure_is_named(capsys, tmp_path):
+    capture = tmp_path / "nccl.log"
+    capture.write_text("srun: error: Unable to allocate resources: Invalid account\n")
+    code, out, err = run(capsys, "nccl-tests", str(capture))
+    assert code == 1
+    assert err.startswith(f"kiln: {capture}: line 1: srun failed: srun: error: Unable")

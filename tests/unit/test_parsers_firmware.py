@@ -1,5 +1,7 @@
 """mlxfwmanager and mlxconfig parsers, against fixtures written from the documented formats
-(tests/fixtures/mlxfwmanager, tests/fixtures/mlxconfig; no real capture is available)."""
+(tests/fixtures/mlxfwmanager, tests/fixtures/mlxconfig/q*.cx7*), and mlxconfig against a real
+mstconfig capture (tests/fixtures/mlxconfig/mstconfig-q.*; no real mlxfwmanager capture is in
+the project's shared fixture set)."""
 
 from pathlib import Path
 
@@ -80,3 +82,18 @@ def test_mlxconfig_errors_name_the_line():
         parse_mlxconfig(text.replace("IB(1)   ", "IB (1)  ", 1))
     with pytest.raises(ParseError, match="line 1: mlxconfig error"):
         parse_mlxconfig("-E- Failed to open device: /dev/mst/mt4129_pciconf9\n")
+
+
+def test_mlxconfig_real_mstconfig_capture():
+    """mstflint's `mstconfig -d 0000:06:00.0 q` on a ConnectX-6 (a real capture, trimmed to
+    three parameters by whoever published it; no Description line in mstconfig's header)."""
+    [device] = parse_mlxconfig(
+        (FIXTURES / "mlxconfig" / "mstconfig-q.connectx6.trimmed.txt").read_text())
+    assert (device["index"], device["device_type"], device["name"], device["device"]) == (
+        1, "ConnectX6", "MCX654106A-HCA_Ax", "0000:06:00.0")
+    assert device["description"] is None and device["columns"] == ["next_boot"]
+    assert device["config"] == {
+        "NUM_OF_VFS": {"value": "0", "code": None, "raw": "0", "modified": False},
+        "SRIOV_EN": {"value": "False", "code": 0, "raw": "False(0)", "modified": False},
+        "PF_TOTAL_SF": {"value": "0", "code": None, "raw": "0", "modified": False},
+    }

@@ -1,5 +1,6 @@
-"""dcgmi diag and kernel-log parsers. dcgmi fixtures are written from the documented format
-(tests/fixtures/dcgmi/README.txt); the kernel logs are real captures (tests/fixtures/dmesg)."""
+"""dcgmi diag and kernel-log parsers. The dcgmi *.h100x8.* fixtures are written from the
+documented format (tests/fixtures/dcgmi/README.txt); the *.dcgm3* ones and the kernel logs are
+real captures (tests/fixtures/README.txt)."""
 
 from pathlib import Path
 
@@ -141,3 +142,67 @@ def test_kernel_log_garbage_names_the_line():
         parse_kernel_log("[    1.000000] Linux version 6.8\nhello there\n")
     with pytest.raises(ParseError, match="line 1"):
         parse_kernel_log("")
+
+
+def dmesg(name: str) -> str:
+    return (FIXTURES / "dmesg" / name).read_text()
+
+
+def test_kernel_log_decoded_iso_xid_13_and_43_real_capture():
+    """`dmesg --decode --time-format=iso`: "kern  :warn  : 2025-…+00:00 NVRM: Xid …"."""
+    result = parse_kernel_log(dmesg("xid13-xid43.decode-iso.log"))
+    xids = [x["xid"] for x in result["xids"]]
+    assert xids.count(13) == 629 and xids.count(43) == 7
+    first = result["xids"][0]
+    assert (first["pci"], first["pid"], first["process"]) == ("0000:38:00", None, None)
+    assert first["timestamp"] == "2025-01-21T02:21:33,498559+00:00"
+    assert first["message"] == ("Graphics SM Warp Exception on (GPC 8, TPC 5, SM 0): "
+                                "Out Of Range Address")
+
+
+def test_kernel_log_decoded_healthy_hgx_boot_and_peermem_errors():
+    boot = parse_kernel_log(dmesg("boot.hgx-h100.550.90.07.decode-iso.log"))
+    assert boot["lines"] == 2362 and boot["xids"] == [] and boot["sxids"] == []
+    peermem = parse_kernel_log(dmesg("peermem-error.decode-iso.log"))
+    assert peermem["lines"] == 8 and peermem["xids"] == []
+
+
+def test_kernel_log_other_real_captures():
+    kmsg = parse_kernel_log(dmesg("kmsg-nvswitch-open.log"))
+    assert kmsg["lines"] == 47 and kmsg["sxids"] == []
+    lines = parse_kernel_log(dmesg("imbue-doctest-lines.log"))
+    assert [(x["xid"], x["pid"], x["process"]) for x in lines["xids"]] == [
+        (94, 2503421, "python3"), (64, None, None)]
+    [sxid] = lines["sxids"]
+    assert (sxid["sxid"], sxid["device"], sxid["severity"]) == (
+        12028, "nvidia-nvswitch2", "Non-fatal")
+
+
+def test_dcgmi_real_json_captures_dcgm3():
+    """DCGM 3.x `-j` (tab-indented, " : " separators): Deployment results carry no gpu_ids,
+    plugin results carry gpu_ids and an info string."""
+    r1 = dcgmi("diag-r1.dcgm3.t4.pass.json")
+    assert r1["format"] == "json" and r1["overall"] == "Pass"
+    assert [t["category"] for t in r1["tests"]] == ["Deployment"] * 9
+    assert r1["tests"][0]["results"] == [{"status": "Pass", "gpus": [], "all_gpus": True}]
+    r3 = dcgmi("diag-r3.dcgm3.t4.pass.json")
+    assert [(t["category"], t["name"]) for t in r3["tests"][9:]] == [
+        ("Integration", "PCIe"), ("Hardware", "GPU Memory"), ("Hardware", "Diagnostic"),
+        ("Hardware", "EUD Test"), ("Stress", "Targeted Stress"), ("Stress", "Targeted Power"),
+        ("Stress", "Memory Bandwidth")]
+    eud = r3["tests"][12]
+    assert eud["status"] == "Skip" and eud["results"][0]["gpus"] == [0]
+    assert r3["tests"][14]["info"] == ["GPU 0 GPU 0 power average:\t70 W"]
+    assert r3["overall"] == "Pass" and r3["failed_gpus"] == []
+    r2 = dcgmi("diag-r2.dcgm3.t4.pass.json")
+    assert r2["tests"][10]["info"] == ["GPU 0 Allocated 15206918958 bytes (97.3%)"]
+
+
+def test_dcgmi_real_text_capture_dcgm_3_3_3():
+    """The real -r 2 table prints a Stress header with no rows under it."""
+    result = dcgmi("diag-r2.dcgm3.3.3.a100x8.pass.txt")
+    assert (result["version"], result["driver_version"]) == ("3.3.3", "535.104.12")
+    assert result["metadata"]["gpu_device_ids_detected"] == ",".join(["20b2"] * 8)
+    assert [t["name"] for t in result["tests"][9:]] == ["PCIe", "GPU Memory"]
+    assert result["tests"][9]["results"] == [{"status": "Pass", "gpus": [], "all_gpus": True}]
+    assert result["overall"] == "Pass"

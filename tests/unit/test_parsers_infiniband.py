@@ -98,3 +98,29 @@ def test_sysfs_garbage_names_the_line():
         parse_sysfs_infiniband("mlx5_0/fw_ver:28.41.1000\ngarbage\n")
     with pytest.raises(ParseError, match="line 1: counter"):
         parse_sysfs_infiniband("mlx5_0/ports/1/counters/link_downed:lots\n")
+
+
+def test_ibstat_ndr_infiniband_capture():
+    cas = parse_ibstat(read("ibstat.h100.ib-ndr.all-active.txt"))
+    # eight ConnectX-7 rails and a BlueField-3 (MT41692) bond for the front end
+    assert [ca["ca_type"] for ca in cas] == ["MT4129"] * 8 + ["MT41692"]
+    assert [ca["ports"][0]["link_layer"] for ca in cas] == ["InfiniBand"] * 8 + ["Ethernet"]
+    port = cas[0]["ports"][0]
+    assert (port["state"], port["physical_state"], port["rate"], port["link_layer"]) == (
+        "Active", "LinkUp", 400, "InfiniBand")
+    assert (port["base_lid"], port["sm_lid"]) == (128, 1)
+
+
+def test_ibpanic_is_named_not_garbage():
+    """A real capture: ibstat listed mlx5_8, then could not stat it and exited 255."""
+    text = read("ibstat.a100.ibpanic-exit-255.txt")
+    number = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("ibpanic")))
+    with pytest.raises(ParseError, match=rf"line {number + 1}: ibstat failed after 8 CA\(s\): "
+                                         r"ibpanic: .*stat of IB device 'mlx5_8' failed"):
+        parse_ibstat(text)
+
+
+def test_ibwarn_lines_are_skipped():
+    text = ("ibwarn: [4242] mad_rpc_open_port: can't open UMAD port ((null):0)\n"
+            + read("ibstat.a100.all-active.txt"))
+    assert parse_ibstat(text) == parse_ibstat(read("ibstat.a100.all-active.txt"))

@@ -195,3 +195,33 @@ def test_nvlink_garbage_names_the_line():
         parse_nvlink("Link 0: 25 GB/s\n")
     with pytest.raises(ParseError, match="line 2"):
         parse_nvlink("GPU 0: X (UUID: GPU-1)\n  Lnk 0: 25 GB/s\n")
+
+
+def test_q_display_page_retirement_only():
+    """`nvidia-smi -q -d PAGE_RETIREMENT` (8 GPUs, PCI domains 1..8): only that section."""
+    result = parse_nvidia_smi_q(read("q-d-page-retirement.x8.535.86.10.txt"))
+    assert (result["driver_version"], result["attached_gpus"]) == ("535.86.10", 8)
+    assert [g["pci_bus_id"] for g in result["gpus"]] == [f"0000000{i}:00:00.0" for i in range(1, 9)]
+    assert all(g["retired_pages"] == {"single_bit_ecc": 0, "double_bit_ecc": 0, "pending": False}
+               for g in result["gpus"])
+    assert result["gpus"][0]["uuid"] is None  # not asked for, not invented
+
+
+def test_q_x_xml_is_named_not_garbage():
+    with pytest.raises(ParseError, match="line 1: this is `nvidia-smi -q -x` XML"):
+        parse_nvidia_smi_q(read("q-x.a100-sxm4-80gb.535.54.03.xml"))
+
+
+def test_csv_h100_query_gpu_real_capture():
+    rows = parse_nvidia_smi_csv(read("query-gpu.h100x8.535.161.07.csv"))
+    assert len(rows) == 8 and [r["index"] for r in rows] == list(range(8))
+    first = rows[0]
+    assert first["name"] == "NVIDIA H100 80GB HBM3" and first["memory.total"] == 81559
+    assert first["power.draw.average"] == 70.89 and first["pcie.link.width.current"] == 16
+    assert all(r["ecc.errors.uncorrected.volatile.total"] == 0 for r in rows)
+
+
+def test_nvlink_status_one_gpu_tab_indented():
+    [gpu] = parse_nvlink(read("nvlink-status.a100.gpu7.txt"))
+    assert gpu["index"] == 7 and gpu["uuid"] == "GPU-c7e253b0-c227-6f10-e860-7482c85e7ce8"
+    assert [link["speed_gb_s"] for link in gpu["links"]] == [25.0] * 12

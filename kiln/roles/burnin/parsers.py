@@ -26,6 +26,12 @@ parse_nccl_tests(text) -> dict
     complete       bool               the "# Avg bus bandwidth" line was seen
     failures       [str]              "Test NCCL failure …"/"Test CUDA failure …" lines
     warnings       [str]              "NCCL WARN …" lines
+    launcher_messages [str]           what the launcher and its transport said that is not
+                                      a failure: OpenMPI help boxes that warn (joined into
+                                      one string each), "[host:pid] …" notices, srun's
+                                      informational lines, ssh's "Warning: Permanently added"
+    launcher_errors [str]             the launcher's failure text (see below), when the
+                                      tool's own report still says what happened
   busbw_at(result, size) -> float | None: out-of-place busbw at `size` bytes (last row).
 
 parse_ib_write_bw(text) -> dict   (also ib_read_bw/ib_send_bw: same table)
@@ -37,7 +43,30 @@ parse_ib_write_bw(text) -> dict   (also ib_read_bw/ib_send_bw: same table)
     rows           [{bytes: int, iterations: int, bw_peak, bw_average: float (in `units`),
                      msg_rate_mpps: float, bw_peak_gbps, bw_average_gbps: float (Gb/s)}]
     bw_average_gbps float | None      of the last row (the usual single-size run)
+    complete       bool               a rule closed the table after its last row
+    errors         [str]              perftest's failure lines ("Couldn't connect to …",
+                                      "Completion with error at client", "Failed status …")
+    launcher_messages, launcher_errors  as for nccl-tests
   MB/sec is perftest's MiB/s (2**20 bytes); Gb/sec is 10**9 bits: converted accordingly.
+  Read as real captures come: banner fields split by tabs (perftest 4.x) or runs of spaces
+  (newer releases); CUDA/DMA-BUF set-up lines and the server's "Waiting for client to
+  connect" box around the report; the server's and the client's report in one capture, one
+  after the other or interleaved line by line (a row printed by both sides is kept once);
+  a capture cut off inside the table (its rows so far, `complete` false). A run that failed
+  after its banner gives no rows and its `errors`; text with neither banner nor table is a
+  ParseError.
+
+Launchers. Both parsers accept the launchers' line prefixes and recognise the launchers' own
+failure text: OpenMPI's help boxes (between lines of 74 dashes: "mpirun was unable to launch
+…", "ORTE was unable to reliably start one or more daemons", "There are not enough slots
+…", "mpirun noticed that process rank N … exited on signal N", "Primary job terminated
+normally, but …") and Slurm's ("srun: error: …", "srun: Job step aborted", "slurmstepd:
+error: …"). When that text is there and the tool's report is missing or cut short without
+a failure of the tool's own to explain it, the parser raises `LauncherError` (a ParseError
+subclass naming the launcher, with the partial result): the launcher failed, not the node's
+hardware and not the parser. When the report is complete, or the tool printed its own failure
+("Test NCCL failure", "Completion with error"), the launcher's text (it only relays the exit
+status) is kept in `launcher_errors` and the result is returned.
 """
 
 from __future__ import annotations
@@ -45,7 +74,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kiln.core.parsing import ParseError
+from kiln.core.parsing import LauncherError, ParseError
 
 _MPIRUN_PREFIX = re.compile(r"^\[\d+,\d+\]<(stdout|stderr)>:\s?")
 _SRUN_PREFIX = re.compile(r"^\s*\d+:(?: |$)")
@@ -61,6 +90,91 @@ _PARAMS = re.compile(r"(nThread|nGpus|minBytes|maxBytes|warmup iters|agg iters|i
 _NCCL_LOG = re.compile(r"\bNCCL (INFO|WARN|TRACE|ABORT)\b")
 _FAILURE = re.compile(r"\bTest (?:NCCL |CUDA )?failure\b|\bTest failure\b")
 _FLOAT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+# OpenMPI's show_help boxes are framed by lines of exactly 74 dashes (perftest's are 87).
+_OMPI_RULE = "-" * 74
+_LAUNCHER_FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("mpirun", re.compile(
+        r"^(?:mpirun|mpiexec|orterun|prterun)\b.*\b(?:unable to|noticed that|detected that|"
+        r"has exited due to|could not|was not able)\b")),
+    ("mpirun", re.compile(
+        r"^(?:ORTE|PRTE|PMIx|PMIX)\b.*\b(?:unable to|lost communication|does not know|"
+        r"unexpectedly failed)\b")),
+    ("mpirun", re.compile(r"^An? (?:ORTE|PRTE) daemon has unexpectedly failed")),
+    ("mpirun", re.compile(r"^There are not enough slots available in the system")),
+    ("mpirun", re.compile(r"^Primary job\s+terminated normally, but")),
+    ("mpirun", re.compile(r"ORTE_ERROR_LOG|PMIX ERROR|^\*\*\* An error occurred in MPI_")),
+    ("mpirun", re.compile(r"\b(?:mpirun|mpiexec|prterun): (?:command )?not found")),
+    ("srun", re.compile(r"^srun: (?:error|fatal):")),
+    ("srun", re.compile(r"^srun: (?:Job step aborted|Force Terminated)")),
+    ("srun", re.compile(r"^slurmstepd(?:-[\w.-]+)?: error:")),
+    ("srun", re.compile(r"\bsrun: (?:command )?not found")),
+)
+# Said by the launcher or its transport, not a failure: OpenMPI's "[host:pid] …" notices,
+# srun's informational lines, ssh's host-key warning.
+_LAUNCHER_NOTICE = re.compile(
+    r"^\[[\w.-]+:\d+\] |^srun: |^(?:mpirun|prterun): Forwarding signal|^Warning: Permanently added"
+)
+
+
+def launcher_failure(line: str) -> str | None:
+    """The launcher ("mpirun", "srun") whose failure text `line` is, else None."""
+    for launcher, pattern in _LAUNCHER_FAILURES:
+        if pattern.search(line):
+            return launcher
+    return None
+
+
+class _LauncherText:
+    """Collects what mpirun/srun print into a tool's capture; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.box: list[tuple[int, str]] | None = None
+        self.errors: list[tuple[str, int, str]] = []  # (launcher, line, text)
+        self.messages: list[str] = []
+
+    def take(self, number: int, body: str) -> bool:
+        """True when `body` (a stripped line) is the launcher's, now recorded."""
+        if body == _OMPI_RULE:
+            if self.box is None:
+                self.box = []
+            else:
+                self._close()
+            return True
+        if self.box is not None:
+            self.box.append((number, body))
+            return True
+        launcher = launcher_failure(body)
+        if launcher:
+            self.errors.append((launcher, number, body))
+            return True
+        if _LAUNCHER_NOTICE.search(body):
+            self.messages.append(body)
+            return True
+        return False
+
+    def _close(self) -> None:
+        box, self.box = self.box or [], None
+        text = " ".join(body for _, body in box)
+        for number, body in box:
+            launcher = launcher_failure(body)
+            if launcher:
+                self.errors.append((launcher, number, text))
+                return
+        if text:
+            self.messages.append(text)
+
+    def finish(self, result: dict[str, Any], report_explains: bool) -> None:
+        """Record into `result`; raise LauncherError when the launcher's failure is all
+        that explains a missing or cut-short report."""
+        if self.box is not None:
+            self._close()  # the capture ends inside a box
+        result["launcher_messages"] = self.messages
+        result["launcher_errors"] = [text for _, _, text in self.errors]
+        if self.errors and not report_explains:
+            launcher, number, text = self.errors[0]
+            raise LauncherError(launcher, number, text[:400], result)
 
 
 def strip_launcher_prefix(line: str) -> tuple[str, str | None]:
@@ -103,13 +217,17 @@ def parse_nccl_tests(text: str) -> dict[str, Any]:
         "nccl_version": None, "params": {}, "ranks": [], "layout": None, "rows": [],
         "avg_busbw": None, "out_of_bounds": None, "out_of_bounds_ok": None,
         "complete": False, "failures": [], "warnings": [],
+        "launcher_messages": [], "launcher_errors": [],
     }
     columns: list[str] | None = None
     seen_start = False
+    launcher = _LauncherText()
     for number, raw in enumerate(text.splitlines(), start=1):
         line, stream = strip_launcher_prefix(raw)
         body = line.strip()
         if not body:
+            continue
+        if launcher.take(number, body):
             continue
         if _NCCL_LOG.search(body):
             if " NCCL WARN " in f" {body} ":
@@ -160,7 +278,9 @@ def parse_nccl_tests(text: str) -> dict[str, Any]:
             f"line {number}: not nccl-tests output: {body[:120]!r}"
             + ("" if seen_start else " (no '# nThread …' header seen before it)")
         )
-    if not seen_start or columns is None:
+    started = seen_start and columns is not None
+    launcher.finish(result, started and (result["complete"] or bool(result["failures"])))
+    if not started:
         raise ParseError(
             "line 1: no '# nThread …' header and column header; not nccl-tests output"
         )
@@ -213,58 +333,109 @@ _BW_HEADER = re.compile(
 _BW_ROW = re.compile(rf"^(\d+)\s+(\d+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s*$")
 _MIB_PER_S_TO_GBPS = 2**20 * 8 / 1e9
 _BANNER_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9 .*_-]*?)\s*:\s*(\S.*)")
+# Fields share a banner line, split by tabs (perftest 4.x) or a run of spaces (newer).
+_BANNER_SPLIT = re.compile(r"(?:\t|\s{2,})\s*(?=[A-Za-z][A-Za-z0-9 .*_-]*?\s*:)")
+_ADDRESS = re.compile(r"^(local|remote) address:\s*(.*)$")
+_PERFTEST_ERROR = re.compile(
+    r"^(?:Couldn't|Could not|Unable to|Failed|Completion with error|Port number \d+ state is|"
+    r"Error|ERROR|\w+ failed\b)"
+)
+
+
+def _banner_fields(body: str) -> list[tuple[str, str]] | None:
+    """[(snake_case name, value)] of a banner line, or None when it is not one."""
+    parts = [part.strip() for part in _BANNER_SPLIT.split(body) if part.strip()]
+    pairs = [_BANNER_FIELD.fullmatch(part) for part in parts]
+    if not (pairs and all(pairs)):
+        pairs = [_BANNER_FIELD.fullmatch(re.sub(r"\s+", " ", body))]  # "rdma_cm QPs\t : OFF"
+    if not all(pairs):
+        return None
+    return [(re.sub(r"[^0-9a-z]+", "_", pair.group(1).lower()).strip("_"), pair.group(2).strip())
+            for pair in pairs if pair]
 
 
 def parse_ib_write_bw(text: str) -> dict[str, Any]:
     """Parse perftest's ib_write_bw (ib_read_bw, ib_send_bw) report. See the module docstring."""
     result: dict[str, Any] = {"test": None, "device": None, "link_type": None, "info": {},
-                              "units": None, "rows": [], "bw_average_gbps": None}
+                              "units": None, "rows": [], "bw_average_gbps": None,
+                              "complete": False, "errors": [], "launcher_messages": [],
+                              "launcher_errors": []}
     units: str | None = None
+    in_banner = False
+    last_address = "local"
+    seen: set[tuple[Any, ...]] = set()
     first_unknown: tuple[int, str] | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    last_line = max((n for n, raw in enumerate(lines, start=1) if raw.strip()), default=0)
+    launcher = _LauncherText()
+    for number, raw in enumerate(lines, start=1):
         line, _stream = strip_launcher_prefix(raw)
         body = line.strip()
-        if not body or set(body) == {"-"}:
+        if not body or launcher.take(number, body):
+            continue
+        if set(body) == {"-"}:
+            if result["rows"]:
+                result["complete"] = True  # the rule under the table
             continue
         header = _BW_HEADER.match(body)
         if header:
             units = header.group(2)
             result["units"] = units
+            in_banner = False
             continue
-        if units is not None:
-            row = _BW_ROW.match(body)
-            if row:
-                factor = 1.0 if units == "Gb/sec" else _MIB_PER_S_TO_GBPS
-                peak, avg = float(row.group(3)), float(row.group(4))
-                result["rows"].append({
-                    "bytes": int(row.group(1)), "iterations": int(row.group(2)),
-                    "bw_peak": peak, "bw_average": avg, "msg_rate_mpps": float(row.group(5)),
-                    "bw_peak_gbps": round(peak * factor, 4),
-                    "bw_average_gbps": round(avg * factor, 4),
-                })
-                continue
+        row = _BW_ROW.match(body) if units is not None else None
+        if row:
+            factor = 1.0 if units == "Gb/sec" else _MIB_PER_S_TO_GBPS
+            peak, avg = float(row.group(3)), float(row.group(4))
+            key = row.groups()
+            if key in seen:
+                continue  # the other side's copy of a row already read
+            seen.add(key)
+            result["rows"].append({
+                "bytes": int(row.group(1)), "iterations": int(row.group(2)),
+                "bw_peak": peak, "bw_average": avg, "msg_rate_mpps": float(row.group(5)),
+                "bw_peak_gbps": round(peak * factor, 4),
+                "bw_average_gbps": round(avg * factor, 4),
+            })
+            result["complete"] = False
+            continue
+        if units is not None and body[0].isdigit():
+            if number == last_line:
+                continue  # the capture ends inside this row
             raise ParseError(f"line {number}: not an ib_write_bw result row: {body[:120]!r}")
         if re.fullmatch(r"[A-Za-z_]+ BW Test", body):
             result["test"] = body
+            in_banner = True
             continue
-        # Banner: "Dual-port : OFF\t\tDevice : mlx5_0" holds two fields on one line.
-        pairs = [_BANNER_FIELD.fullmatch(part.strip()) for part in body.split("\t") if part.strip()]
-        if not (pairs and all(pairs)):
-            pairs = [_BANNER_FIELD.fullmatch(re.sub(r"\s+", " ", body))]  # "rdma_cm QPs\t : OFF"
-        if all(pairs):
-            for pair in pairs:
-                name = re.sub(r"[^0-9a-z]+", "_", pair.group(1).lower()).strip("_")
-                result["info"][name] = pair.group(2).strip()
+        address = _ADDRESS.match(body)
+        if address:
+            last_address = address.group(1)
+            result["info"][f"{last_address}_address"] = address.group(2)
+            in_banner = False
             continue
+        if body.startswith("GID:"):
+            result["info"][f"{last_address}_gid"] = body[4:].strip()
+            continue
+        if _PERFTEST_ERROR.match(body):
+            result["errors"].append(body)
+            continue
+        fields = _banner_fields(body) if in_banner else None
+        if fields:
+            result["info"].update(fields)
+            continue
+        # Anything else is set-up chatter (CUDA/DMA-BUF lines, the server's "Waiting for
+        # client to connect" box) or another program's output interleaved with perftest's.
         if first_unknown is None:
             first_unknown = (number, body)
     result["device"] = result["info"].get("device")
     result["link_type"] = result["info"].get("link_type")
-    if not result["rows"]:
+    launcher.finish(result, result["complete"] or bool(result["errors"]))
+    if not result["rows"] and result["test"] is None:
         where = first_unknown or (1, text.strip()[:60])
         raise ParseError(
             f"line {where[0]}: no ib_write_bw result table ('#bytes #iterations BW peak…' and "
             f"a row) found; first unrecognised line: {where[1][:120]!r}"
         )
-    result["bw_average_gbps"] = result["rows"][-1]["bw_average_gbps"]
+    if result["rows"]:
+        result["bw_average_gbps"] = result["rows"][-1]["bw_average_gbps"]
     return result

@@ -25,7 +25,9 @@ parse_kernel_log(text) -> dict
   Lines in any of: `dmesg` ("[  12.345678] …"), `dmesg -T` ("[Sun Feb 23 16:24:18 2025] …"),
   `dmesg --time-format iso` ("2025-02-23T16:24:18,123456+00:00 …"), /dev/kmsg records
   ("6,3973,227996636,-;…" plus " KEY=value" continuation lines) and `journalctl -k`
-  ("Feb 23 16:24:18 host kernel: …"). Lines without a timestamp are an error.
+  ("Feb 23 16:24:18 host kernel: …"), each also with `dmesg --decode`'s "facility:level : "
+  in front ("kern  :warn  : 2025-01-21T02:21:33,498559+00:00 …"). Lines without a timestamp
+  are an error.
     lines   int     kernel log records read
     xids    [{xid: int, pci: "0000:9b:00", pid: int | None, process: str | None,
               message: str (the text after pid/name), timestamp: str (as printed),
@@ -250,7 +252,7 @@ _TIMESTAMPS = (
     ("raw", re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")),
     ("ctime",
      re.compile(r"^\[([A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\]\s?(.*)$")),
-    ("iso", re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[,.]\d+[+-]\d\d:?\d\d)\s(.*)$")),
+    ("iso", re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[,.]\d+[+-]\d\d:?\d\d)(?:\s(.*))?$")),
     ("kmsg", re.compile(r"^(\d+,\d+,\d+,[^;]*);(.*)$")),
     ("journal", re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ kernel: (.*)$")),
 )
@@ -265,13 +267,20 @@ def _kmsg_time(prefix: str) -> str:
     return f"{usec / 1e6:.6f}"
 
 
+# `dmesg --decode` (-x) puts "facility:level : " before the timestamp: "kern  :warn  : ".
+_DECODED = re.compile(r"^[a-z]+\s*:[a-z]+\s*: ?")
+
+
 def _timestamped(raw: str) -> tuple[str, str] | None:
     """(timestamp as dmesg prints it, message) of a kernel log line, or None."""
+    decoded = _DECODED.match(raw)
+    if decoded:
+        raw = raw[decoded.end():]
     for kind, pattern in _TIMESTAMPS:
         match = pattern.match(raw)
         if match:
             stamp = _kmsg_time(match.group(1)) if kind == "kmsg" else match.group(1)
-            return stamp, match.group(2)
+            return stamp, match.group(2) or ""
     return None
 
 

@@ -11,6 +11,8 @@ parse_ibstat(text) -> [ca]            empty output (a host with no HCA) -> []
          sm_lid: int, capability_mask: "0x…", port_guid: "0x…",
          link_layer: "InfiniBand"|"Ethernet"}
   Keys ibstat prints that are not listed above are kept, snake_cased, as strings.
+  "ibwarn: …" lines (libibumad, on stderr) are skipped; "ibpanic: …" (ibstat gave up, exit
+  255, e.g. "stat of IB device 'mlx5_8' failed") is a ParseError that quotes it.
 
 parse_sysfs_infiniband(text) -> [device]
   `text` is "PATH:VALUE" lines, one per sysfs file, as `grep -H . FILES` prints them (see
@@ -62,6 +64,14 @@ def parse_ibstat(text: str) -> list[dict[str, Any]]:
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
+        if raw.startswith("ibwarn:"):
+            continue  # libibumad's warnings on stderr; the CA blocks are still whole
+        if raw.startswith("ibpanic:"):
+            # ibstat gave up (exit 255): a CA it listed could not be read. The blocks before
+            # are real, but the node's HCAs are not all readable: say so, not "garbage".
+            raise ParseError(
+                f"line {number}: ibstat failed after {len(cas)} CA(s): {raw.strip()}"
+            )
         ca_match = _CA.match(raw)
         if ca_match:
             cas.append({"name": ca_match.group(1), "ports": []})

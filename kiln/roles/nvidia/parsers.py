@@ -363,6 +363,9 @@ def parse_nvidia_smi_q(text: str) -> dict[str, Any]:
                 "attached_gpus": 0, "warnings": [], "gpus": []}
     if not stripped:
         raise ParseError("line 1: empty input; nvidia-smi -q prints at least the driver version")
+    if stripped[0].startswith(("<?xml", "<!DOCTYPE nvidia_smi_log", "<nvidia_smi_log")):
+        raise ParseError("line 1: this is `nvidia-smi -q -x` XML; this parser reads the text "
+                         "of `nvidia-smi -q`")
     nodes, warnings = _tree(text)
     top = {n.key: n for n in nodes if not n.key.startswith("GPU ")}
     if "Driver Version" not in top:

@@ -1,8 +1,19 @@
 """Simulated `dcgmi diag -r 1|2|3 [-j]` (NVIDIA DCGM).
 
-The table and the JSON follow DCGM 3.x's layout (categories Deployment, Integration,
-Hardware, Stress; per-GPU results for the plugin tests), as tests/fixtures/dcgmi does; the
-failure messages paraphrase DCGM's. Exit status is non-zero when a test fails.
+The table and the JSON follow DCGM 3.x's, checked against real captures
+(tests/fixtures/dcgmi/*.dcgm3*, tests/unit/test_hwsim_real_captures.py):
+- the table: Metadata and Deployment rows, then from level 2 on the Integration, Hardware and
+  Stress headers, each printed even when the level runs none of its tests (a real -r 2 prints
+  an empty Stress section); Hardware holds GPU Memory, and at level 3 Diagnostic and the EUD
+  Test, Stress the Targeted Stress/Power and Memory Bandwidth tests;
+- the JSON as jsoncpp's StyledStreamWriter writes it (dcgmi streams a Json::Value): tab
+  indents, `"name" : value`, an object or array that is a member's value opens on the next
+  line, members in sorted order, short arrays of scalars on one line. Deployment results
+  carry only a status when they pass; plugin results carry gpu_ids, status ("Pass", "Fail",
+  "Skip") and an info string with the real tool's wording and units. The top-level
+  "version", "Driver Version Detected" and "GPU Device IDs" are DCGM's own keys; the public
+  captures lack them (trimmed, their source notes suspect) and kiln's parser reads them.
+The failure messages paraphrase DCGM's. Exit status is non-zero when a test fails.
 """
 
 from __future__ import annotations
@@ -23,24 +34,106 @@ DEPLOYMENT = ["Denylist", "NVML Library", "CUDA Main Library", "Permissions and 
 PLUGINS = [
     ("Integration", "PCIe", 2),
     ("Hardware", "GPU Memory", 2),
+    ("Hardware", "Diagnostic", 3),
+    ("Hardware", "EUD Test", 3),  # not installed on the lab's nodes: "Skip", as on many sites
     ("Stress", "Targeted Stress", 3),
     ("Stress", "Targeted Power", 3),
     ("Stress", "Memory Bandwidth", 3),
-    ("Stress", "EUD Test", 3),  # not installed on the lab's nodes: "Skip", as on many sites
 ]
+PLUGIN_CATEGORIES = ["Integration", "Hardware", "Stress"]
 
 
 def _plugins(level: int) -> list[tuple[str, list[str]]]:
-    """(category, tests) in print order for a run level."""
-    grouped: list[tuple[str, list[str]]] = []
-    for category, test, lowest in PLUGINS:
-        if level < lowest:
-            continue
-        if grouped and grouped[-1][0] == category:
-            grouped[-1][1].append(test)
+    """(category, tests it runs) in print order for a run level; from level 2 on every
+    category is there, with no tests when the level runs none of them."""
+    if level < 2:
+        return []
+    return [(category, [test for cat, test, lowest in PLUGINS
+                        if cat == category and level >= lowest])
+            for category in PLUGIN_CATEGORIES]
+
+
+def _info(view: View, test: str, gpu: dict[str, Any]) -> str | None:
+    """The info string DCGM 3.x puts in a passing plugin result (its wording and units)."""
+    i = gpu["index"]
+    if test == "PCIe":
+        share = gpu["pcie"]["width_current"] / gpu["pcie"]["width_max"]
+        d2h, h2d, bidir = 55.21 * share, 55.07 * share, 101.36 * share
+        return (f"GPU {i} GPU {i} GPU to Host bandwidth:\t\t{d2h:.2f} GB/s, "
+                f"GPU {i} GPU {i} Host to GPU bandwidth:\t\t{h2d:.2f} GB/s, "
+                f"GPU {i} GPU {i} bidirectional bandwidth:\t{bidir:.2f} GB/s, "
+                f"GPU {i} GPU {i} GPU to Host latency:\t\t1.843 us, "
+                f"GPU {i} GPU {i} Host to GPU latency:\t\t1.912 us, "
+                f"GPU {i} GPU {i} bidirectional latency:\t\t3.604 us")
+    free = (gpu["memory"]["total_mib"] - gpu["memory"]["reserved_mib"]) * 2**20
+    if test == "GPU Memory":
+        return f"GPU {i} Allocated {int(free * 0.973)} bytes (97.3%)"
+    if test == "Diagnostic":
+        return (f"GPU {i} Allocated space for 2254 output matricies from {free} bytes "
+                f"available., GPU {i} Running with precisions: FP64 1, FP32 1, FP16 1, "
+                f"GPU {i} GPU {i} calculated at approximately 51873.20 gigaflops during this "
+                "test")
+    if test == "Targeted Stress":
+        return f"GPU {i} GPU {i} relative stress level\t14206"
+    if test == "Targeted Power":
+        return f"GPU {i} GPU {i} power average:\t{gpu['power']['limit_w'] * 0.99:.0f} W"
+    return None  # Memory Bandwidth and the EUD Test print no info
+
+
+def styled_json(value: Any) -> str:
+    """`value` as jsoncpp's StyledStreamWriter("\\t") writes it: what `dcgmi -j` prints."""
+    out: list[str] = []
+    state = {"indent": "", "indented": True}
+
+    def with_indent(text: str) -> None:
+        if not state["indented"]:
+            out.append("\n" + state["indent"])
+        out.append(text)
+        state["indented"] = False
+
+    def scalar(item: Any) -> str:
+        if isinstance(item, (dict, list)):
+            return "{}" if isinstance(item, dict) else "[]"
+        return json.dumps(item, ensure_ascii=False)
+
+    def multiline(items: list[Any]) -> bool:
+        if len(items) * 3 >= 74 or any(isinstance(c, (dict, list)) and c for c in items):
+            return True
+        return 4 + (len(items) - 1) * 2 + sum(len(scalar(c)) for c in items) >= 74
+
+    def write(item: Any) -> None:
+        if isinstance(item, dict) and item:
+            with_indent("{")
+            state["indent"] += "\t"
+            names = sorted(item)
+            for n, name in enumerate(names):
+                with_indent(json.dumps(name, ensure_ascii=False))
+                out.append(" : ")
+                write(item[name])
+                if n + 1 < len(names):
+                    out.append(",")
+            state["indent"] = state["indent"][:-1]
+            with_indent("}")
+        elif isinstance(item, list) and item and multiline(item):
+            with_indent("[")
+            state["indent"] += "\t"
+            for n, child in enumerate(item):
+                if not state["indented"]:
+                    out.append("\n" + state["indent"])
+                state["indented"] = True
+                write(child)
+                state["indented"] = False
+                if n + 1 < len(item):
+                    out.append(",")
+            state["indent"] = state["indent"][:-1]
+            with_indent("]")
+        elif isinstance(item, list) and item:
+            out.append("[ " + ", ".join(scalar(c) for c in item) + " ]")
         else:
-            grouped.append((category, [test]))
-    return grouped
+            out.append(scalar(item))
+
+    write(value)
+    return "".join(out) + "\n"
 
 
 def _failures(view: View, level: int) -> dict[str, dict[int, str]]:
@@ -140,41 +233,44 @@ def table(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
 
 
 def as_json(view: View, level: int, fails: dict[str, dict[int, str]]) -> str:
-    every = ",".join(str(g["index"]) for g in view.gpus)
     categories: list[dict[str, Any]] = [{"category": "Deployment", "tests": []}]
     for test in DEPLOYMENT:
-        result: dict[str, Any] = {"gpu_ids": every, "status": "PASS"}
+        result: dict[str, Any] = {"status": "Pass"}
         if test in fails:
-            result = {"gpu_ids": every, "status": "FAIL", "warnings": [
-                {"error_category": 7, "error_id": 83, "error_severity": 2, "warning": w}
-                for w in fails[test].values()]}
+            # the lab names the failing GPUs, so a deployment failure points at one
+            result = {"gpu_ids": ",".join(str(i) for i in sorted(fails[test])),
+                      "status": "Fail", "warnings": [
+                          {"error_category": 7, "error_id": 83, "error_severity": 2,
+                           "warning": w} for _, w in sorted(fails[test].items())]}
         categories[0]["tests"].append({"name": test, "results": [result]})
     for category, tests in _plugins(level):
         entries = []
         for test in tests:
-            if test == "EUD Test":
-                entries.append({"name": test, "results": [{
-                    "gpu_ids": every, "status": "SKIPPED",
-                    "info": ["EUD Test skipped: the EUD plugin is not installed"]}]})
-                continue
             results = []
             for gpu in view.gpus:
                 i = gpu["index"]
-                if i in fails.get(test, {}):
+                if test == "EUD Test":
+                    results.append({"gpu_ids": str(i), "status": "Skip"})
+                elif i in fails.get(test, {}):
                     results.append({"gpu_ids": str(i), "status": "Fail", "warnings": [
                         {"error_category": 7, "error_id": 28, "error_severity": 2,
                          "warning": fails[test][i]}]})
                 else:
-                    results.append({"gpu_ids": str(i), "status": "Pass"})
+                    passed: dict[str, Any] = {"gpu_ids": str(i), "status": "Pass"}
+                    info = _info(view, test, gpu)
+                    if info is not None:
+                        passed["info"] = info
+                    results.append(passed)
             entries.append({"name": test, "results": results})
-        categories.append({"category": category, "tests": entries})
+        if entries:
+            categories.append({"category": category, "tests": entries})
     doc = {"DCGM GPU Diagnostic": {
         "Driver Version Detected": view.loaded_driver or "",
         "GPU Device IDs": [g["device_id"][2:6].lower() for g in view.gpus],
         "test_categories": categories,
         "version": DCGM_VERSION,
     }}
-    return json.dumps(doc, indent=4) + "\n"
+    return styled_json(doc)
 
 
 def _main(argv: list[str]) -> int:

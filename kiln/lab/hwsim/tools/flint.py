@@ -1,4 +1,9 @@
-"""Simulated `flint -d DEV q` (NVIDIA MFT): the firmware image on one card."""
+"""Simulated `flint -d DEV q` (NVIDIA MFT): the firmware image on one card.
+
+Field for field as a real capture (tests/fixtures/flint/mstflint-q.connectx6.20.35.1012.txt):
+labels padded to 23, the expansion-ROM versions without zero padding ("14.28.15", where
+mlxfwmanager prints "14.28.0015"), GUID and MAC each followed by the number of addresses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,17 @@ import sys
 from ..view import load_view, run_tool
 from ._hca import find_hca
 from .mlxfwmanager import pending_version
+
+
+def _rom(version: str) -> str:
+    """flint prints ROM versions unpadded: 14.36.0016 -> 14.36.16, 3.7.0500 -> 3.7.500."""
+    return ".".join(str(int(part)) for part in version.split("."))
+
+
+def mac_of(guid: str) -> str:
+    """The card's base MAC, from its node GUID (0x946dae0300027e56 -> 946dae027e56)."""
+    digits = guid[2:] if guid.startswith("0x") else guid
+    return digits[:6] + digits[10:]
 
 
 def _main(argv: list[str]) -> int:
@@ -24,7 +40,7 @@ def _main(argv: list[str]) -> int:
                          "MFE_CR_ERROR\n")
         return 1
     guid = hca["node_guid"][2:]
-    mac = guid[:6] + guid[10:]
+    mac = mac_of(guid)
     pending = pending_version(view, hca)
     version_lines = [f"FW Version:            {pending or hca['fw_version']}"]
     if pending:
@@ -34,8 +50,9 @@ def _main(argv: list[str]) -> int:
         *version_lines,
         "FW Release Date:       12.2.2025",
         f"Product Version:       {pending or hca['fw_version']}",
-        f"Rom Info:              type=UEFI version={hca['uefi_version']} cpu=AMD64,AARCH64",
-        f"                       type=PXE version={hca['pxe_version']} cpu=AMD64",
+        f"Rom Info:              type=UEFI version={_rom(hca['uefi_version'])} "
+        "cpu=AMD64,AARCH64",
+        f"                       type=PXE version={_rom(hca['pxe_version'])} cpu=AMD64",
         "Description:           UID                GuidsNumber",
         f"Base GUID:             {guid}        4",
         f"Base MAC:              {mac}            4",

@@ -3,6 +3,12 @@
 As the real tool does, the two sides meet on TCP port 18515 (-p) to exchange their queue
 pair details; here they also exchange their port's simulated rate, and both print the
 bandwidth the slower side allows. A port that is not Active fails before connecting.
+
+The report is perftest 4.x's, line for line as a real capture prints it (checked against
+tests/fixtures/perftest/ib_write_bw.loopback-8M.hdr.superbench.txt): the server announces
+"Waiting for client to connect" and leaves TX depth out of its banner; banner fields are
+tab-separated; each side's "remote address" is the other's "local address"; both sides
+print the same result row, in perftest's REPORT_FMT columns.
 """
 
 from __future__ import annotations
@@ -49,7 +55,13 @@ def _options(argv: list[str]) -> dict[str, Any]:
     return opts
 
 
-def _banner(dev: str, qps: int) -> list[str]:
+WAITING = ["************************************",
+           "* Waiting for client to connect... *",
+           "************************************"]
+
+
+def banner(dev: str, qps: int, server: bool) -> list[str]:
+    """perftest's test information block; the server side prints no TX depth."""
     return [
         RULE,
         "                    RDMA_Write BW Test",
@@ -57,8 +69,7 @@ def _banner(dev: str, qps: int) -> list[str]:
         f" Number of qps   : {qps}\t\tTransport type : IB",
         " Connection type : RC\t\tUsing SRQ      : OFF",
         " PCIe relax order: ON",
-        " ibv_wr* API     : ON",
-        " TX depth        : 128",
+        *([] if server else [" TX depth        : 128"]),
         " CQ Moderation   : 1",
         " Mtu             : 4096[B]",
         " Link type       : IB",
@@ -69,10 +80,23 @@ def _banner(dev: str, qps: int) -> list[str]:
     ]
 
 
-def _address(lid: int, rng: random.Random) -> str:
-    return (f"LID {lid:#04x} QPN {rng.randrange(0x40, 0x2000):#06x} PSN "
-            f"{rng.randrange(1 << 24):#08x} RKey 0x1fff00 VAddr "
-            f"0x{0x7f0000000000 + rng.randrange(1 << 20) * 4096:016x}")
+def address(lid: int, rng: random.Random) -> str:
+    """What follows "local address: " (C's "%#04x", "%#06x", "%#08x", "%#016llx")."""
+    return (f"LID {lid:#04x} QPN {rng.randrange(0x40, 0x2000):#06x} "
+            f"PSN {rng.randrange(1 << 24):#06x} RKey {rng.randrange(1 << 21):#08x} "
+            f"VAddr {0x7f0000000000 + rng.randrange(1 << 20) * 4096:#016x}")
+
+
+def table_header(unit: str) -> str:
+    return (f" #bytes     #iterations    BW peak[{unit}]    BW average[{unit}]   "
+            "MsgRate[Mpps]")
+
+
+def report_row(size: int, iterations: int, peak: float, average: float, mpps: float) -> str:
+    """A result row in perftest's REPORT_FMT: %-7lu, %-7lu, %-7.2lf, %-7.2lf (two tabs),
+    %-7.6lf, with the spaces between as perftest 4.x prints them."""
+    return (f" {size:<7}    {iterations:<7}          {peak:<7.2f}            {average:<7.2f}"
+            f"\t\t   {mpps:<7.6f}")
 
 
 def _exchange(opts: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,20 +136,21 @@ def _main(argv: list[str]) -> int:
         sys.stderr.write(f" Port number 1 state is {port['state']}\n"
                          " Couldn't set the link layer\n Couldn't get context for the device\n")
         return 1
+    server = opts["host"] is None
     mine = {"lid": port["lid"], "gbps": hca_gbps(hca),
-            "flaky": view.flaky_fails("ib_write_bw")}
-    out = _banner(hca["name"], int(opts["q"]))
-    sys.stdout.write("\n".join(out) + "\n")
-    sys.stdout.flush()
+            "flaky": view.flaky_fails("ib_write_bw"),
+            "address": address(port["lid"], random.Random(f"{hca['node_guid']}/qp"))}
+    if server:
+        sys.stdout.write("\n".join(WAITING) + "\n")
+        sys.stdout.flush()
     peer = _exchange(opts, mine)
     if peer is None:
-        sys.stderr.write(f"Couldn't connect to {opts['host']}:{opts['p']}\n"
+        sys.stderr.write(f" Couldn't connect to {opts['host']}:{opts['p']}\n"
                          "Unable to open file descriptor for socket connection Unable to init "
                          "the socket connection\n")
         return 1
-    rng = random.Random(f"{hca['node_guid']}/{peer['lid']}")
-    out = [f" local address: {_address(port['lid'], rng)}",
-           f" remote address: {_address(peer['lid'], rng)}", RULE]
+    out = banner(hca["name"], int(opts["q"]), server)
+    out += [f" local address: {mine['address']}", f" remote address: {peer['address']}", RULE]
     if mine["flaky"] or peer.get("flaky"):
         sys.stdout.write("\n".join(out) + "\n")
         sys.stderr.write(" Completion with error at client\n Failed status 12: wr_id 0 syndrom "
@@ -133,9 +158,10 @@ def _main(argv: list[str]) -> int:
                          "successfully\n")
         return 1
     gbps = min(mine["gbps"], peer["gbps"])
+    # Both sides print the client's measurement: seed from the pair, not from one side.
+    rng = random.Random("/".join(sorted((mine["address"], peer["address"]))))
     unit = "Gb/sec" if opts["gbits"] else "MB/sec"
-    out.append(f" #bytes     #iterations    BW peak[{unit}]    BW average[{unit}]   "
-               "MsgRate[Mpps]")
+    out.append(table_header(unit))
     sizes = [2 ** k for k in range(1, 24)] if opts["a"] else [int(opts["s"])]
     for size in sizes:
         # small messages are bound by message rate, not the link
@@ -145,8 +171,7 @@ def _main(argv: list[str]) -> int:
         mpps = avg * 1e9 / 8 / size / 1e6
         if not opts["gbits"]:
             avg, peak = avg * 1e9 / 8 / 2**20, peak * 1e9 / 8 / 2**20
-        out.append(f" {size:<10} {int(opts['n']):<10}       {peak:.2f}             {avg:.2f}"
-                   f"\t\t   {mpps:.6f}")
+        out.append(report_row(size, int(opts["n"]), peak, avg, mpps))
     out.append(RULE)
     sys.stdout.write("\n".join(out) + "\n")
     return 0

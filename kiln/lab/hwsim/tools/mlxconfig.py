@@ -3,6 +3,11 @@
 `set` writes to the node's writable flash spool (mlxconfig-pending.json); the lab applies
 it at the next boot, as the card does, so `q` shows it under "Next Boot" at once and
 `-e q` shows "Current" unchanged until then.
+
+Layout as a real capture prints it (tests/fixtures/mlxconfig/mstconfig-q.connectx6.trimmed.txt,
+mstflint's build of the same tool): header labels padded to 16, parameter names indented 9
+and padded to 36, so each value starts in column 45 under its column title. MFT's mlxconfig
+adds the card's Description line to the header, which mstconfig leaves out.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ..view import View, load_view, run_tool
 from ._hca import device_type, find_hca
 
 PENDING = "mlxconfig-pending.json"
+ROW_INDENT = " " * 9  # a parameter row; its value starts in column 45
 
 
 def _pending(view: View) -> dict[str, dict[str, str]]:
@@ -32,10 +38,10 @@ def _header(hca: dict[str, Any], device: str) -> list[str]:
         "Device #1:",
         "----------",
         "",
-        f"Device type:        {device_type(hca)}",
-        f"Name:               {hca['part_number']}",
-        f"Description:        {hca['description']}",
-        f"Device:             {device}",
+        f"{'Device type:':<16}{device_type(hca)}",
+        f"{'Name:':<16}{hca['part_number']}",
+        f"{'Description:':<16}{hca['description']}",
+        f"{'Device:':<16}{device}",
         "",
     ]
 
@@ -94,14 +100,14 @@ def _main(argv: list[str]) -> int:
             out.append(f"{'Configurations:':<45}{'Default':<16}{'Current':<16}Next Boot")
             for name in names:
                 mark = "*" if next_boot[name] != MLXCONFIG_DEFAULTS[name] else " "
-                out.append(f"{mark}       {name:<36}{MLXCONFIG_DEFAULTS[name]:<15} "
+                out.append(f"{mark}{' ' * 8}{name:<36}{MLXCONFIG_DEFAULTS[name]:<15} "
                            f"{current[name]:<15} {next_boot[name]}")
             out.append("The '*' shows parameters with next value different from default/current "
                        "value.")
         else:
             out.append(f"{'Configurations:':<45}Next Boot")
             for name in names:
-                out.append(f"        {name:<36}{next_boot[name]}")
+                out.append(f"{ROW_INDENT}{name:<36}{next_boot[name]}")
         sys.stdout.write("\n".join(out) + "\n")
         return 0
     changes = {}
@@ -118,7 +124,7 @@ def _main(argv: list[str]) -> int:
         changes[name] = stored
     out.append(f"{'Configurations:':<45}{'Next Boot':<16}New")
     for name, stored in changes.items():
-        out.append(f"        {name:<36}{next_boot[name]:<15} {stored}")
+        out.append(f"{ROW_INDENT}{name:<36}{next_boot[name]:<15} {stored}")
     out.append("")
     if not yes:
         out.append(" Apply new Configuration? (y/n) [n] : n")

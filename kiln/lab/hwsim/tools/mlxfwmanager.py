@@ -31,6 +31,11 @@ def pending_version(view: View, hca: dict[str, Any]) -> str | None:
     return None
 
 
+def _mac(guid: str) -> str:
+    digits = guid[2:]
+    return digits[:6] + digits[10:]  # as flint derives it (flint.mac_of)
+
+
 def _device_block(n: int, hca: dict[str, Any], available: str | None, status: str) -> list[str]:
     avail = available or "N/A"
     return [
@@ -43,6 +48,7 @@ def _device_block(n: int, hca: dict[str, Any], available: str | None, status: st
         f"  PSID:             {hca['psid']}",
         f"  PCI Device Name:  {hca['mst_device']}",
         f"  Base GUID:        {hca['node_guid'][2:]}",
+        f"  Base MAC:         {_mac(hca['node_guid'])}",
         "  Versions:         Current        Available     ",
         f"     FW             {hca['fw_version']:<15}{avail:<14}",
         f"     PXE            {hca['pxe_version']:<15}{'N/A':<14}",
@@ -125,7 +131,7 @@ def _main(argv: list[str]) -> int:
     for n, hca in enumerate(needs, 1):
         shutil.copyfile(image, spool / f"{hca['name']}--{Path(image).name}")
         sys.stdout.write(f"Device #{n}: Updating FW ...     \n"
-                         "Initializing image partition -   OK          \n"
+                         "FSMST_INITIALIZE -   OK          \n"
                          "Writing Boot image component -   OK          \n"
                          "Done\n\n")
     sys.stdout.write("Restart needed for updates to take effect.\n")
