@@ -235,6 +235,7 @@ def _kill_strays(lab: Path) -> None:
     """The safety net after the services' own stop: any process whose command line names
     the lab directory (a BMC emulator or ipmi_sim left by a failed start) is the lab's."""
     marker = str(lab.resolve()).encode()
+    inside = marker.rstrip(b"/") + b"/"  # the directory itself or a path in it, not a sibling
     own = os.getpid()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == own:
@@ -243,7 +244,9 @@ def _kill_strays(lab: Path) -> None:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg.startswith(marker) for arg in argv[1:]):
+        # A bare prefix would also match another lab's "/var/lib/kiln-lab2/…" (SIGKILLed
+        # with nothing in its log, as an ipmi_sim of another lab would be).
+        if any(arg == marker or arg.startswith(inside) for arg in argv[1:]):
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
             except ProcessLookupError:

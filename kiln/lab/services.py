@@ -20,6 +20,13 @@ class ServiceError(RuntimeError):
     pass
 
 
+# The Popen of every service this process started. Kept, not dropped: subprocess puts a
+# dropped Popen whose child still runs on its `_active` list, and the next Popen anywhere in
+# the process (another thread's: the BMCs start in a thread pool) reaps it there if it has
+# ended, so how it ended would be lost to anyone who asks later (exit_status).
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def services_dir(lab: Path) -> Path:
     return Path(lab) / "services"
 
@@ -76,6 +83,7 @@ def start(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
+    _STARTED[process.pid] = process
     pid_file.write_text(f"{process.pid}\n")
     cmdline_file.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
     deadline = time.monotonic() + timeout
@@ -109,6 +117,23 @@ def stop(lab: Path, name: str, timeout: float = 10.0) -> None:
     cmdline_file.unlink(missing_ok=True)
 
 
+def started_here(pid: int) -> bool:
+    """Whether this process started `pid` as a service (and so keeps its exit status)."""
+    return pid in _STARTED
+
+
+def exit_status(pid: int) -> str | None:
+    """How a service this process started ended ("exited with status 1", "killed by
+    SIGKILL"); None while it runs, or when this process did not start it."""
+    process = _STARTED.get(pid)
+    if process is None or process.poll() is None:
+        return None
+    code = process.returncode
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
 def running_any(lab: Path) -> bool:
     return any(running(lab, f.stem) for f in services_dir(lab).glob("*.pid"))
 
@@ -119,10 +144,13 @@ def stop_all(lab: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # collect it if it is our own child
-    except ChildProcessError:
-        pass
+    if pid in _STARTED:
+        _STARTED[pid].poll()  # collect it, keeping its status (exit_status)
+    else:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # collect it if it is our own child
+        except ChildProcessError:
+            pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):

@@ -7,6 +7,10 @@ own output.
 In the lab the NVIDIA kernel module changes only when a node boots: a run that installs or
 changes the driver reboots the node through its BMC (roles/bmc against the lab's Redfish
 BMCs) and checks nvidia-smi after the new boot.
+
+The suite's outcome is asserted exactly: it must collect the number of tests the manifest
+implies for each node (SUITE_PER_NODE plus three per pinned package), and every one must
+pass; a skip is accepted only where ALLOWED_SKIPS names the test and the reason it gives.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ import json
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kiln.core.manifest import load_manifest
 from kiln.lab import cluster
 from kiln.lab.inventory import lab_host_data
+from kiln.roles.infiniband.pinsets import ofed_keys
+from kiln.roles.nvidia.pinsets import nvidia_keys
 
 pytestmark = pytest.mark.lab
 
@@ -39,6 +47,21 @@ LAB_SYSCTL = {
 DCGM = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda12")
 BRANCH_550 = "550.144.03-1kilnlab1"
 PACKAGE_TESTS = "tests/lab/testinfra/test_pinned_packages.py"
+# What tests/lab/testinfra collects for one of NODES (GPU nodes with a Redfish BMC) besides
+# three tests per pinned package (installed, held, apt candidate; test_pinned_packages):
+#   test_base_os            8  apt sources, keyring, unattended upgrades, memlock files,
+#                              memlock of a login, sysctl, time sync, hostname
+#   test_firmware_versions  3  Redfish inventory, ConnectX (mlxfwmanager), GPU VBIOS
+#   test_nvidia_driver      4  driver on every GPU, fabric manager, persistenced, dcgm
+#   test_pinned_packages    1  no other driver branch
+SUITE_PER_NODE = 8 + 3 + 4 + 1
+PACKAGES_PER_NODE = 1  # test_pinned_packages.py alone, besides three per pin
+# The only skips the suite may report, each with the reason it must give. A lab whose host
+# gives root no CAP_SYS_RESOURCE (the lab itself in a container) cannot raise a login's
+# memlock limit, so that one test cannot tell; anything else skipped is a failure here.
+ALLOWED_SKIPS = {
+    "test_memlock_unlimited_for_a_login": "root lacks CAP_SYS_RESOURCE here",
+}
 
 
 def lab_data(state) -> dict:
@@ -100,14 +123,27 @@ def stack(lab, labtools, tmp_path_factory):
 
         def suite(self, firmware_dir: Path | None = None,
                   tests: str = "tests/lab/testinfra") -> subprocess.CompletedProcess:
+            """The testinfra suite's run; `.report` is its JUnit XML (every test's outcome)."""
+            report = self.work / f"suite-{len(list(self.work.glob('suite-*.xml')))}.xml"
             args = ["--kiln-inventory", "inventory/lab.py", "--kiln-limit", ",".join(NODES),
-                    *data_args("--kiln-data", self.data)]
+                    *data_args("--kiln-data", self.data), f"--junitxml={report}"]
             if firmware_dir is not None:
                 args += ["--kiln-firmware-dir", str(firmware_dir)]
-            return subprocess.run(
+            result = subprocess.run(
                 [str(labtools.bin / "pytest"), tests, "-q", "-p", "no:cacheprovider", *args],
                 cwd=labtools.root, capture_output=True, text=True, timeout=600,
             )
+            result.report = report  # type: ignore[attr-defined]
+            return result
+
+        def pins(self, firmware_dir: Path | None = None) -> int:
+            """How many packages the manifest pins on a GPU node: the kernel packages and
+            the OFED and NVIDIA package sets (what the suite's node_pin tests take)."""
+            directory = firmware_dir or (labtools.root / MANIFEST).parent
+            manifest = load_manifest(directory / "lab.yaml")
+            keys = [*ofed_keys(), *nvidia_keys()]
+            return len(manifest.os.kernel.packages) + sum(
+                1 for key in keys if manifest.packages.get(key) is not None)
 
         def packages(self, node: str) -> dict[str, str]:
             out = labtools.ssh(lab, node, "dpkg-query -W -f '${Package} ${Version} "
@@ -131,9 +167,37 @@ def stack(lab, labtools, tmp_path_factory):
         cluster.reset_node(node, wait=True)
 
 
-def passed(result: subprocess.CompletedProcess) -> int:
-    match = re.search(r"(\d+) passed", result.stdout)
-    return int(match.group(1)) if match else 0
+def outcomes(report: Path) -> dict[str, tuple[str, str]]:
+    """Test id -> (outcome, message) from pytest's JUnit XML report."""
+    found = {}
+    for case in ET.parse(report).iter("testcase"):
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome, message = child.tag, child.get("message") or ""
+                break
+        found[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
+    return found
+
+
+def assert_suite_passed(result: subprocess.CompletedProcess, per_node: int) -> None:
+    """Exactly `per_node` tests ran on each of NODES (and none elsewhere), every one passed
+    or skipped as ALLOWED_SKIPS allows."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    found = outcomes(result.report)  # type: ignore[attr-defined]
+    for node in NODES:
+        mine = [test for test in found if re.search(rf"\[.*\b{node}\b.*\]$", test)]
+        assert len(mine) == per_node, (node, per_node, sorted(mine), output)
+    assert len(found) == per_node * len(NODES), (sorted(found), output)
+    wrong = []
+    for test, (outcome, message) in sorted(found.items()):
+        name = test.split("::")[-1].split("[")[0]
+        if outcome == "skipped" and ALLOWED_SKIPS.get(name, "\0") in message:
+            continue
+        if outcome != "passed":
+            wrong.append(f"{test}: {outcome}: {message}")
+    assert wrong == [], "\n".join(wrong) + "\n" + output
 
 
 def totals(result: subprocess.CompletedProcess) -> list[str]:
@@ -155,9 +219,7 @@ def test_first_run_pins_the_stack_and_the_driver_runs_after_a_boot(stack):
     result = stack.converge()
     # A fresh node has no NVIDIA module until it boots with the driver installed.
     rebooted(result, "running: no module loaded")
-    suite = stack.suite()
-    assert suite.returncode == 0, suite.stdout + suite.stderr
-    assert passed(suite) >= 40 * len(NODES)
+    assert_suite_passed(stack.suite(), SUITE_PER_NODE + 3 * stack.pins())
     for node in NODES:
         # The OFED release moves with its exact companions (mft, infiniband-diags ...).
         assert {"nvidia-driver-570-server-open", "doca-ofed", "mft"} <= stack.holds(node)
@@ -192,10 +254,16 @@ def test_one_version_changed_in_the_manifest_moves_only_that_package(stack):
         result.stdout)
     # The suite reads the drift against the shipped manifest, and only there.
     drifted = stack.suite(tests=PACKAGE_TESTS)
-    failed = re.findall(r"^FAILED \S+\[(\S+?)\]", drifted.stdout, re.MULTILINE)
-    assert drifted.returncode != 0 and failed, drifted.stdout
-    assert {test.split(":", 1)[1] for test in failed} == {"packages.dcgm"}, failed
-    assert stack.suite(changed, tests=PACKAGE_TESTS).returncode == 0
+    found = outcomes(drifted.report)
+    assert len(found) == len(NODES) * (PACKAGES_PER_NODE + 3 * stack.pins()), drifted.stdout
+    failed = {test.split("::")[-1] for test, (outcome, _) in found.items() if outcome != "passed"}
+    # installed and apt's candidate are 4.1.1, not the shipped pin; still held, as pinned
+    assert drifted.returncode != 0 and failed == {
+        f"{name}[{node}:packages.dcgm]" for node in NODES
+        for name in ("test_installed_at_the_pinned_version",
+                     "test_apt_candidate_is_the_pinned_version")}, drifted.stdout
+    assert_suite_passed(stack.suite(changed, tests=PACKAGE_TESTS),
+                        PACKAGES_PER_NODE + 3 * stack.pins(changed))
 
 
 def test_driver_branch_change_runs_after_the_reboot_and_back(stack):
@@ -214,10 +282,8 @@ def test_driver_branch_change_runs_after_the_reboot_and_back(stack):
         assert installed["nvidia-fabricmanager-550"] == BRANCH_550
         assert {"nvidia-driver-550-server-open", "nvidia-fabricmanager-550",
                 "libnvidia-compute-550-server"} <= stack.holds(node)
-    suite = stack.suite(branch_550)
-    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert_suite_passed(stack.suite(branch_550), SUITE_PER_NODE + 3 * stack.pins(branch_550))
     # And up again to the shipped 570.
     rebooted(stack.converge(), "running: module 550.144.03")
-    suite = stack.suite()
-    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert_suite_passed(stack.suite(), SUITE_PER_NODE + 3 * stack.pins())
     shutil.rmtree(branch_550)

@@ -286,3 +286,73 @@ def test_how_a_child_ended_is_kept(code, said):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert status == said
+
+
+# -- why an ipmi_sim could end at start "with nothing in its log" (tests/lab/conftest.py
+#    used to retry `kiln lab up` once over it) -----------------------------------------------
+
+def _until_dead(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if stat[0] == "Z":
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+SUICIDE = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+
+
+def test_a_dropped_popen_loses_its_childs_status_to_the_next_popen():
+    """The mechanism: subprocess keeps a dropped Popen of a live child on its `_active`
+    list and reaps it in the next Popen() anywhere in the process (the BMCs start in a
+    thread pool), so a later waitpid finds nothing: "how it ended" was lost."""
+    pid = subprocess.Popen(SUICIDE).pid  # dropped at once, as services.start used to
+    _until_dead(pid)
+    subprocess.run(["true"], check=True)  # another thread's Popen, say
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_service_keeps_how_it_ended_past_other_popens(tmp_path):
+    from kiln.lab import services
+
+    pid = services.start(tmp_path, "bmc-dies", SUICIDE)
+    _until_dead(pid)
+    subprocess.run(["true"], check=True)
+    assert ipmi._exit_status(pid) == "killed by SIGKILL"
+    assert not services.running(tmp_path, "bmc-dies")
+    services.stop(tmp_path, "bmc-dies")
+
+
+def _sleeper(*args: str) -> subprocess.Popen:
+    # a process whose command line names paths, as ipmi_sim's and the BMC emulators' do
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+
+
+def test_teardown_kills_its_own_labs_strays_only(tmp_path):
+    from kiln.lab.cluster import _kill_strays
+
+    lab, sibling = tmp_path / "kiln-lab", tmp_path / "kiln-lab2"
+    ours = _sleeper("-c", str(lab / "bmc/svc-001/lan.conf"))
+    exact = _sleeper("--lab", str(lab))
+    other = _sleeper("-c", str(sibling / "bmc/svc-001/lan.conf"))
+    try:
+        _kill_strays(lab)
+        assert ours.wait(timeout=10) == exact.wait(timeout=10) == -9
+        time.sleep(0.2)
+        assert other.poll() is None  # another lab's, whose path only starts the same
+    finally:
+        for process in (ours, exact, other):
+            process.kill()
+            process.wait()
+
+
+def test_only_this_labs_ipmi_sim_counts_as_its_leftover(tmp_path):
+    lab = tmp_path / "kiln-lab"
+    conf = lab / "bmc/svc-001/lan.conf"
+    assert ipmi._is_lab_ipmi_sim(lab, f"ipmi_sim -c {conf} -n")
+    assert ipmi._is_lab_ipmi_sim(lab, f"/usr/bin/ipmi_sim -c {conf} -n")
+    assert not ipmi._is_lab_ipmi_sim(lab, f"ipmi_sim -c {tmp_path}/kiln-lab2/bmc/x/lan.conf -n")
+    assert not ipmi._is_lab_ipmi_sim(lab, f"python3 -c pass {conf}")

@@ -204,6 +204,16 @@ def service_name(node: str) -> str:
     return f"bmc-{node}"
 
 
+def _is_lab_ipmi_sim(lab: Path, command: str) -> bool:
+    """Whether `command` (as socket_holders gives it) is an ipmi_sim of this lab: its
+    configuration lies in the lab directory. A path test, not a substring one: another lab
+    in "/var/lib/kiln-lab2" is not this lab's."""
+    argv = shlex.split(command)
+    inside = str(Path(lab).resolve()).rstrip("/") + "/"
+    return bool(argv) and Path(argv[0]).name == "ipmi_sim" and any(
+        arg.startswith(inside) for arg in argv[1:])
+
+
 def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
     """An earlier ipmi_sim of this lab still bound there is stopped; anyone else is an error.
 
@@ -211,9 +221,8 @@ def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
     to one of them: a leftover BMC would answer for the new one.
     """
     holders = socket_holders(udp_socket_inodes(address, port))
-    marker = str(Path(lab).resolve())
     for pid, command in holders.items():
-        if "ipmi_sim" in command and marker in command:
+        if _is_lab_ipmi_sim(lab, command):
             print(f"kiln lab: {node}: stopping a leftover ipmi_sim (pid {pid}) bound to "
                   f"{address} UDP {port}", file=sys.stderr)
             try:
@@ -230,8 +239,10 @@ def _refuse_taken_port(lab: Path, node: str, address: str, port: int) -> None:
 
 def _exit_status(pid: int) -> str | None:
     """How our child `pid` ended ("exited with status 1", "killed by SIGSEGV"); None while it
-    runs. Reaped here, before anything else collects it, so the status is not lost: seen
-    intermittently, an ipmi_sim that ends at start without a word in its log."""
+    runs. A service's status is kept by lab.services (a concurrent Popen elsewhere in this
+    process would otherwise reap it first); any other child is reaped here."""
+    if services.started_here(pid):
+        return services.exit_status(pid)
     try:
         reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -263,9 +274,15 @@ def start(lab: Path, node: str, address: str, port: int, username: str, password
     boot_flag.unlink(missing_ok=True)
     _refuse_taken_port(lab, node, address, port)
     argv = ["ipmi_sim", "-c", str(lan_conf), "-f", str(emu), "-s", str(state), "-n"]
-    # Seen in CI now and then, before the port's holders were checked: an ipmi_sim that did
-    # not bind right after another lab's was stopped. It is started again, up to ATTEMPTS
-    # times, and each start's outcome is kept for the error.
+    # Reading its log: with -n (no console) ipmi_sim's own messages go to syslog only, and
+    # its stdout ("IPMI Simulator version …", printed first) is block-buffered into the log,
+    # written when it calls exit(). So an empty log means it did not exit but was killed by a
+    # signal; lab.services keeps that status (exit_status), which a concurrent Popen used to
+    # reap first. Seen now and then, before the port's holders were checked and before
+    # cluster._kill_strays matched the lab directory as a path rather than a prefix: an
+    # ipmi_sim that did not bind, or ended at start with an empty log. It is started again,
+    # up to ATTEMPTS times; each start's outcome is kept for the error, and a start that
+    # needed another is said on stderr (the lab tests put that line in their summary).
     outcomes = []
     for _attempt in range(ATTEMPTS):
         pid = services.start(lab, service_name(node), argv, env={"KILN_LAB_DIR": str(lab)})
