@@ -2,7 +2,7 @@
 
 Each parser takes the text ipmitool printed on stdout and returns plain data; text that is
 not what ipmitool prints raises ParseError naming the line. The formats, as captured from
-ipmitool talking RMCP+ to OpenIPMI's ipmi_sim (tests/unit/test_bmc_role_ipmi.py holds the
+ipmitool talking RMCP+ to OpenIPMI's ipmi_sim (tests/unit/roles/bmc/test_bmc_role_ipmi.py holds the
 captures):
 
     Chassis Power is on

@@ -1,7 +1,7 @@
 """Simulated `dcgmi diag -r 1|2|3 [-j]` (NVIDIA DCGM).
 
 The table and the JSON follow DCGM 3.x's, checked against real captures
-(tests/fixtures/dcgmi/*.dcgm3*, tests/unit/test_hwsim_real_captures.py):
+(tests/fixtures/dcgmi/*.dcgm3*, tests/unit/lab/test_hwsim_real_captures.py):
 - the table: Metadata and Deployment rows, then from level 2 on the Integration, Hardware and
   Stress headers, each printed even when the level runs none of its tests (a real -r 2 prints
   an empty Stress section); Hardware holds GPU Memory, and at level 3 Diagnostic and the EUD
