@@ -76,6 +76,8 @@ class Node(Strict):
     bmc: BMC
     maas: MAASIdentity | None = None
     ssh_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # The node's host number on every IPoIB rail; default: its management address's last octet.
+    ipoib_host: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("hostname")
     @classmethod
@@ -129,6 +131,89 @@ class MAASServer(APIEndpoint):
 
 class UFMServer(APIEndpoint):
     credentials: str = "ufm"
+    # UFM dates its events in the UFM server's local time, with no zone: the IANA zone it
+    # runs in (e.g. "Europe/Berlin"); unset means the controller's own local time.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. 'UTC')") from None
+        return value
+
+
+class IPoIB(Strict):
+    """The IPoIB address scheme: rail r (a node's r-th InfiniBand HCA, mlx5_N in name order)
+    is in one subnet per rail, the same host number on every rail.
+
+        ipoib: {subnet_pattern: "10.200.{rail}.0/24", rails: 8}
+        ipoib: {subnets: [10.200.0.0/24, 10.201.0.0/24, ...]}     (one per rail)
+    """
+
+    rails: Annotated[int, Field(ge=1, le=64)] = 8
+    subnet_pattern: str | None = None
+    subnets: list[ipaddress.IPv4Network] | None = None
+    mtu: Annotated[int, Field(ge=256, le=65520)] | None = None
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> IPoIB:
+        if (self.subnet_pattern is None) == (self.subnets is None):
+            raise ValueError("give subnet_pattern (e.g. \"10.200.{rail}.0/24\") or subnets "
+                             "(one per rail), not both")
+        if self.subnets is not None and len(self.subnets) != self.rails:
+            raise ValueError(f"subnets: {len(self.subnets)} given for {self.rails} rails")
+        networks = self.networks()
+        for i, one in enumerate(networks):
+            if one.num_addresses < 4:
+                raise ValueError(f"rail {i}: {one} has no room for hosts")
+            for j in range(i):
+                if one.overlaps(networks[j]):
+                    raise ValueError(f"rail {i}'s subnet {one} overlaps rail {j}'s "
+                                     f"{networks[j]}")
+        return self
+
+    def networks(self) -> list[ipaddress.IPv4Network]:
+        if self.subnets is not None:
+            return list(self.subnets)
+        pattern = self.subnet_pattern or ""
+        if "{rail}" not in pattern:
+            raise ValueError(f"subnet_pattern {pattern!r} has no {{rail}}")
+        found = []
+        for rail in range(self.rails):
+            text = pattern.replace("{rail}", str(rail))
+            try:
+                found.append(ipaddress.IPv4Network(text))
+            except ValueError as exc:
+                raise ValueError(f"subnet_pattern gives {text!r} for rail {rail}: {exc}") \
+                    from None
+        return found
+
+    def max_host(self) -> int:
+        return min(network.num_addresses for network in self.networks()) - 2
+
+    def addresses(self, host_number: int) -> list[ipaddress.IPv4Interface]:
+        """One address per rail, rail order."""
+        return [ipaddress.IPv4Interface(f"{network.network_address + host_number}/"
+                                        f"{network.prefixlen}") for network in self.networks()]
+
+
+def ipoib_host_number(node: Node) -> int | None:
+    """The node's IPoIB host number: ipoib_host, else its IPv4 management address's last
+    octet; None when neither is there (the address is a host name)."""
+    if node.ipoib_host is not None:
+        return node.ipoib_host
+    try:
+        address = ipaddress.ip_address(node.address)
+    except ValueError:
+        return None
+    return int(str(address).rsplit(".", 1)[1]) if address.version == 4 else None
 
 
 class NodeDefaults(Strict):
@@ -143,6 +228,7 @@ class Cluster(Strict):
     # The region controller's API root, e.g. http://maas.example:5240/MAAS/
     maas: MAASServer | None = None
     ufm: UFMServer | None = None
+    ipoib: IPoIB | None = None
     racks: list[Rack]
 
     def nodes(self) -> list[tuple[Rack, Node]]:
@@ -235,6 +321,47 @@ def _missing_bmc_problems(source: str, document: dict[str, Any]) -> dict[str, st
     return problems
 
 
+def _ipoib_problems(source: str, cluster: Cluster) -> list[str]:
+    """Every GPU node's IPoIB host number: present, in range, unique; no management or BMC
+    address inside an IPoIB subnet."""
+    scheme = cluster.ipoib
+    if scheme is None:
+        return []
+    problems = []
+    networks, top = scheme.networks(), scheme.max_host()
+    seen: dict[int, str] = {}
+    for r, rack in enumerate(cluster.racks):
+        for n, node in enumerate(rack.nodes):
+            where = f"{source}: racks.{r}.nodes.{n}"
+            for field, value in (("address", node.address), ("bmc.address", node.bmc.address)):
+                try:
+                    address = ipaddress.ip_address(value)
+                except ValueError:
+                    continue
+                for rail, network in enumerate(networks):
+                    if address in network:
+                        problems.append(f"{where}.{field}: node {node.hostname}: {value} is "
+                                        f"inside IPoIB rail {rail}'s subnet {network}")
+            if node.role != "gpu":
+                continue
+            number = ipoib_host_number(node)
+            if number is None:
+                problems.append(f"{where}.ipoib_host: node {node.hostname}: not set, and its "
+                                f"address {node.address} is not an IPv4 address to take the "
+                                "host number from")
+                continue
+            field = "ipoib_host" if node.ipoib_host is not None else "address"
+            if not 1 <= number <= top:
+                problems.append(f"{where}.{field}: node {node.hostname}: IPoIB host number "
+                                f"{number} is outside 1..{top} (the subnets of ipoib)")
+            elif number in seen:
+                problems.append(f"{where}.{field}: node {node.hostname}: IPoIB host number "
+                                f"{number} is node {seen[number]}'s too")
+            else:
+                seen[number] = node.hostname
+    return problems
+
+
 def load_cluster(path: Path | str, firmware_dir: Path | str) -> Cluster:
     """Read and validate an inventory file; raise with every problem, or return it whole."""
     path, firmware_dir = Path(path), Path(firmware_dir)
@@ -250,6 +377,8 @@ def load_cluster(path: Path | str, firmware_dir: Path | str) -> Cluster:
             if not any(field_path.startswith(bmc_path) for bmc_path in bmc_problems):
                 problems.append(problem)
     problems += _consistency_problems(str(path), document, known_skus(firmware_dir))
+    if cluster is not None:
+        problems += _ipoib_problems(str(path), cluster)
     if problems or cluster is None:
         raise ValidationFailed(problems)
     return cluster
@@ -275,6 +404,12 @@ def host_data(cluster: Cluster, rack: Rack, node: Node) -> dict[str, Any]:
         data["kiln_maas_server"] = cluster.maas.model_dump()
     if cluster.ufm is not None:
         data["kiln_ufm_server"] = cluster.ufm.model_dump()
+    number = ipoib_host_number(node)
+    if cluster.ipoib is not None and node.role == "gpu" and number is not None:
+        data["kiln_ipoib"] = {
+            "addresses": [str(address) for address in cluster.ipoib.addresses(number)],
+            "mtu": cluster.ipoib.mtu,
+        }
     return data
 
 

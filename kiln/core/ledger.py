@@ -130,6 +130,26 @@ def recorded_state(path: Path | str, node: str) -> NodeState | None:
     return NodeState(row[0]) if row else None
 
 
+def last_passed(path: Path | str, node: str, check: str) -> float | None:
+    """When the node last passed `check`, as the ledger at `path` records it; None when it
+    never did (or there is no ledger). Read without writing anything, like
+    `recorded_state`: a stage reads it while it plans, a preview too."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    wal = path.with_name(path.name + "-wal").exists()
+    mode = "mode=ro" if wal else "mode=ro&immutable=1"
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT MAX(at) FROM checks WHERE node = ? AND name = ? AND passed = 1",
+                         (node, check)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+    return float(row[0]) if row and row[0] is not None else None
+
+
 class Ledger:
     """One SQLite file; safe to open from several processes (WAL, short transactions)."""
 

@@ -20,15 +20,21 @@ UFM credentials (`<lab>/secrets.yaml`, entry `ufm`).
                                          DELETE one
         app/unhealthy_ports[/<port>]     GET; PUT (mark UNHEALTHY / HEALTHY)
         app/ufm_version                  GET
+        app/tokens                       GET, POST (create); app/tokens/revoke POST
+
+    https://10.231.0.1:8443/ufmRestV3/... the same resources, `Authorization: Basic <token>`
 
 The fabric (lab/ufm_sim/fabric.py) is every GPU node's eight ConnectX-7 ports as the
 node's own `ibstat` shows them (faults applied by lab.hwsim), cabled rail-optimised to a
 simulated leaf/spine fabric of QM9700 switches. Partitions, events and hand-marked
 unhealthy ports persist in `<lab>/ufm/` (lab/ufm_sim/store.py) from `start` (which
-empties it) for the life of the lab. Known limits: no
-`/ufmRestV2` (session, client certificate) or `/ufmRestV3` (token) prefixes, no actions,
-jobs, alarms or reports; PKey changes are recorded, not enforced on any data path (the lab
-has no InfiniBand data path).
+empties it) for the life of the lab. Counter events
+(110 symbol errors, 112 link downed, 113, 917/918 symbol BER) are logged only when asked
+(Store.port_event): the lab's links carry no bit errors. Events have no time filter, as
+UFM documents none (reference §4.3): clients filter on `timestamp`. Known limits: no
+`/ufmRestV2` (session, client certificate) prefix, no actions, jobs, alarms or reports;
+PKey changes are recorded, not enforced on any data path (the lab has no InfiniBand data
+path).
 
 The lab runs it as a service process (lab/services.py): `python -m lab.ufm_sim --lab DIR`.
 """

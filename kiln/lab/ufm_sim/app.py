@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from .resources import FAULT_CONDITION, links_json, port_json, system_json, unhe
 from .store import Store
 
 PREFIX = "/ufmRest"
+TOKEN_PREFIX = "/ufmRestV3"  # access-token authentication (reference §1.4)
+TOKEN_LIFETIME = 315360000  # the doc example's expires_in (about ten years)
 REALM = "UFM simulator"
 RELEASE = "6.19.0-7"  # the UFM release whose REST API the simulator follows (§2-§5)
 SYSTEM_TYPES = ("switch", "host", "gateway", "router")
@@ -94,6 +97,53 @@ def _authorised(username: str, password: str) -> bool:
     return bool(sep) and user_ok and password_ok
 
 
+def _token_authorised(sim: Simulator) -> bool:
+    """`Authorization: Basic <access_token>`: the raw token, not base64 of user:password
+    (reference §1.4)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return False
+    now = time.time()
+    return any(
+        hmac.compare_digest(t["access_token"].encode(), token.strip().encode())
+        and not t["revoked"] and t["issued_at"] + t["expires_in"] > now
+        for t in sim.store.tokens()
+    )
+
+
+def _token_routes(api: Blueprint, sim: Simulator, username: str) -> None:
+    """app/tokens (reference §1.4): list mine, create one (no body), revoke one
+    (multipart field `token`)."""
+
+    @_route(api, "/app/tokens", ["GET"])
+    def list_tokens() -> Response:
+        return jsonify(sim.store.tokens())
+
+    @_route(api, "/app/tokens", ["POST"])
+    def create_token() -> Response:
+        token = {"access_token": secrets.token_hex(16), "revoked": False,
+                 "issued_at": int(time.time()), "expires_in": TOKEN_LIFETIME,
+                 "username": username}
+        with sim.store.lock:
+            sim.store.set_tokens(sim.store.tokens() + [token])
+        return jsonify(token)
+
+    @_route(api, "/app/tokens/revoke", ["POST"])
+    def revoke_token() -> Response:
+        value = request.form.get("token")
+        if not value:
+            raise ApiError(400, "token: give the access token to revoke (multipart field)")
+        with sim.store.lock:
+            tokens = sim.store.tokens()
+            found = [t for t in tokens if t["access_token"] == value]
+            if not found:
+                raise ApiError(404, "no such token")
+            for t in found:
+                t["revoked"] = True
+            sim.store.set_tokens(tokens)
+        return _ok()
+
+
 def create_app(lab: Path, username: str, password: str) -> Flask:
     """The simulator's WSGI application for the lab at `lab`."""
     if not username or not password:
@@ -107,9 +157,12 @@ def create_app(lab: Path, username: str, password: str) -> Flask:
     @app.before_request
     def authenticate() -> Response | None:
         path = request.path
-        if (path == PREFIX or path.startswith(PREFIX + "/")) and not _authorised(
-            username, password
-        ):
+        if path == TOKEN_PREFIX or path.startswith(TOKEN_PREFIX + "/"):
+            denied = not _token_authorised(sim)
+        else:
+            denied = (path == PREFIX or path.startswith(PREFIX + "/")) and not _authorised(
+                username, password)
+        if denied:
             response = jsonify({"error": "Unauthorized"})
             response.status_code = 401
             response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
@@ -136,7 +189,10 @@ def create_app(lab: Path, username: str, password: str) -> Flask:
     _ports_routes(api, sim)
     _pkeys_routes(api, sim)
     _app_routes(api, sim)
+    _token_routes(api, sim, username)
     app.register_blueprint(api)
+    # The same resources under the token prefix: "the rest of the path is the same" (§1.1).
+    app.register_blueprint(api, url_prefix=TOKEN_PREFIX, name="ufmRestV3")
     return app
 
 

@@ -28,6 +28,20 @@ MAX_EVENTS = 10000
 # reference, from UFM's event.log codes).
 LINK_DOWN = ("329", "Link went down", "Warning")
 LINK_UP = ("328", "Link went up", "Info")
+# Counter events by code: name, counter, severity, description. 112's name, counter and
+# description are the reference's alarm sample (§4.4, §7.3); the others' codes and meanings
+# are §4.3's table, their names and counter spellings are the simulator's (not confirmed).
+COUNTER_EVENTS = {
+    "110": ("Symbol Error", "Infiniband_SymbolErrors", "Warning",
+            "Symbol error counter rate threshold exceeded"),
+    "112": ("Link HW Error", "Infiniband_LinkDowned", "Warning",
+            "Link-Downed counter delta threshold exceeded. Threshold is 0, calculated delta "
+            "is 1."),
+    "113": ("Port Receive Errors", "Infiniband_PortRcvErrors", "Warning",
+            "Port receive errors counter rate threshold exceeded"),
+    "917": ("Symbol BER", "N/A", "Critical", "Symbol BER is above the error threshold"),
+    "918": ("Symbol BER Warning", "N/A", "Warning", "Symbol BER is above the warning threshold"),
+}
 
 
 def ufm_time(epoch: float) -> str:
@@ -147,6 +161,40 @@ class Store:
     def set_manual_unhealthy(self, marks: dict[str, dict[str, Any]]) -> None:
         with self.lock:
             self.write("unhealthy.json", marks)
+
+    # -- access tokens (app/tokens) ------------------------------------------------------
+
+    def tokens(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.read("tokens.json", [])
+
+    def set_tokens(self, tokens: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.write("tokens.json", tokens)
+
+    # -- counter events ------------------------------------------------------------------
+
+    def port_event(self, port: Port, code: str, now: float | None = None) -> dict[str, Any]:
+        """Log a port counter event (COUNTER_EVENTS) as UFM's monitoring would on a
+        threshold crossing. The lab's links carry no bit errors, so nothing logs these by
+        itself: tests and the lab's fault tooling call this."""
+        name, counter, severity, description = COUNTER_EVENTS[code]
+        now = time.time() if now is None else now
+        event = {
+            "id": 0, "name": name, "type": "IBPort", "event_type": code,
+            "severity": severity, "timestamp": ufm_time(now), "counter": counter,
+            "category": "Hardware", "object_name": port.name,
+            "object_path": f"Computer: {port.system.system_name} / {port.hca}" if port.hca
+            else f"Switch: {port.system.system_name} / {port.dname}",
+            "write_to_syslog": False, "description": description,
+        }
+        with self.lock:
+            log = self.read("events.json", {"next_id": 1, "events": []})
+            event["id"] = log["next_id"]
+            log["next_id"] += 1
+            log["events"] = (log["events"] + [event])[-MAX_EVENTS:]
+            self.write("events.json", log)
+        return event
 
     # -- partitions --------------------------------------------------------------------
 

@@ -28,11 +28,13 @@ parse_sysfs_infiniband(text) -> [device]
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from kiln.core.parsing import ParseError
+from kiln.roles.firmware.parsers import parse_mlxconfig
 
 _CA = re.compile(r"^CA '([^']+)'\s*$")
 _PORT = re.compile(r"^Port (\d+):\s*$")
@@ -204,3 +206,195 @@ def sysfs_listing(root: Path) -> str:
             if "\n" not in content:
                 lines.append(f"{path.relative_to(root).as_posix()}:{content}")
     return "\n".join(lines) + "\n"
+
+
+# -- the per-HCA report: one command per node, parsed here ------------------------------------
+#
+# `HcaReport` (roles.infiniband.facts) prints sections, each opened by a marker line:
+#
+#   ### kiln ibstat            ibstat's output ("### kiln ibstat missing": not installed)
+#   ### kiln sysfs mlx5_0      KEY:VALUE lines: pci (the PCI address the device links to),
+#                              board_id (the PSID), current_link_width, current_link_speed,
+#                              netdev (one line per /sys/class/infiniband/DEV/device/net/*)
+#   ### kiln ip                `ip -j addr show` (a JSON list)
+#   ### kiln mlxconfig mlx5_0  `mlxconfig -d mlx5_0 -e q` ("### kiln mlxconfig missing")
+#   ### kiln modules           the loaded kernel modules of interest, one a line
+#   ### kiln os                /etc/os-release's ID (debian, ubuntu …)
+
+MARKER = "### kiln "
+
+
+def _sections(text: str) -> list[tuple[str, list[str], int]]:
+    """(marker words, body lines, line number of the marker) in order."""
+    sections: list[tuple[str, list[str], int]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if raw.startswith(MARKER):
+            sections.append((raw[len(MARKER):].strip(), [], number))
+        elif sections:
+            sections[-1][1].append(raw)
+        elif raw.strip():
+            raise ParseError(f"line {number}: expected a '{MARKER}SECTION' line, got "
+                             f"{raw.strip()[:80]!r}")
+    return sections
+
+
+def parse_ip_addr(text: str) -> dict[str, dict[str, Any]]:
+    """`ip -j addr show` -> {ifname: {up: bool, operstate, mtu, link_type, ipv4: ["a/p"]}}."""
+    if not text.strip():
+        return {}
+    try:
+        links = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"line {exc.lineno}: ip -j addr: not JSON: {exc.msg}") from None
+    if not isinstance(links, list):
+        raise ParseError("line 1: ip -j addr: expected a JSON list of links")
+    found = {}
+    for link in links:
+        if not isinstance(link, dict) or "ifname" not in link:
+            continue  # ip prints {} for a link that vanished while it listed them
+        found[link["ifname"]] = {
+            "up": "UP" in link.get("flags", []),
+            "operstate": link.get("operstate"),
+            "mtu": link.get("mtu"),
+            "link_type": link.get("link_type"),
+            "ipv4": [f"{info['local']}/{info['prefixlen']}" for info in link.get("addr_info", [])
+                     if info.get("family") == "inet" and info.get("scope", "global") == "global"],
+        }
+    return found
+
+
+def _sysfs_section(lines: list[str], start: int) -> dict[str, Any]:
+    found: dict[str, Any] = {"netdevs": []}
+    for offset, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        key, sep, value = raw.partition(":")
+        if not sep:
+            raise ParseError(f"line {start + offset}: expected 'KEY:VALUE', got {raw!r}")
+        value = value.strip()
+        if key == "netdev":
+            found["netdevs"].append(value)
+        elif value:
+            found[key] = value
+    return found
+
+
+def _width(value: str | None) -> int | None:
+    # sysfs prints a bare number ("16"); some kernels' lspci-style "x16"
+    if value is None:
+        return None
+    match = re.fullmatch(r"x?(\d+)", value.strip())
+    return int(match.group(1)) if match else None
+
+
+def parse_hca_report(text: str) -> dict[str, Any]:
+    """Parse what `HcaReport` prints. Returns
+
+        {hcas: [hca], links: {ifname: link (see parse_ip_addr)}, modules: [name],
+         os: str | None, ibstat: bool (installed), mlxconfig: bool (installed)}
+        hca: {device, ca_type, node_guid, port_guid, firmware, psid, state, physical_state,
+              rate (Gb/s, int|float|None), link_layer, pci, pcie_width (int|None),
+              pcie_speed, netdev (str|None), netdevs: [str], ipoib: ["a/p"],
+              netdev_up (bool|None), mlxconfig ({PARAM: entry} as parse_mlxconfig's
+              `config`, or None), mlxconfig_error (str|None)}
+
+    HCAs are those ibstat lists, plus any only sysfs shows, in name order (mlx5_2 before
+    mlx5_10); the port read is each HCA's first (a ConnectX-7 OSFP card has one).
+    """
+    report: dict[str, Any] = {"hcas": [], "links": {}, "modules": [], "os": None,
+                              "ibstat": True, "mlxconfig": True}
+    cas: list[dict[str, Any]] = []
+    sysfs: dict[str, dict[str, Any]] = {}
+    mlx: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+    for words, lines, number in _sections(text):
+        kind, _, name = words.partition(" ")
+        body = "\n".join(lines)
+        if kind == "ibstat":
+            if name == "missing":
+                report["ibstat"] = False
+            else:
+                try:
+                    cas = parse_ibstat(body)
+                except ParseError as exc:
+                    raise ParseError(f"ibstat section (line {number}): {exc}") from None
+        elif kind == "sysfs":
+            sysfs[name] = _sysfs_section(lines, number)
+        elif kind == "ip":
+            try:
+                report["links"] = parse_ip_addr(body)
+            except ParseError as exc:
+                raise ParseError(f"ip section (line {number}): {exc}") from None
+        elif kind == "mlxconfig":
+            if name == "missing":
+                report["mlxconfig"] = False
+                continue
+            try:
+                mlx[name] = (parse_mlxconfig(body)[0]["config"], None)
+            except ParseError as exc:
+                # one card that mlxconfig cannot open is that card's problem, not the node's
+                mlx[name] = (None, str(exc))
+        elif kind == "modules":
+            report["modules"] = [line.strip() for line in lines if line.strip()]
+        elif kind == "os":
+            report["os"] = next((line.strip() for line in lines if line.strip()), None)
+        else:
+            raise ParseError(f"line {number}: unknown section {words!r}")
+    by_name = {ca["name"]: ca for ca in cas}
+    for name in sorted(set(by_name) | set(sysfs), key=_natural):
+        ca = by_name.get(name, {})
+        port = (ca.get("ports") or [{}])[0]
+        dev = sysfs.get(name, {"netdevs": []})
+        netdevs = sorted(dev["netdevs"], key=_natural)
+        netdev = netdevs[0] if netdevs else None
+        link = report["links"].get(netdev) if netdev else None
+        config, error = mlx.get(name, (None, None))
+        report["hcas"].append({
+            "device": name,
+            "ca_type": ca.get("ca_type"),
+            "node_guid": ca.get("node_guid"),
+            "port_guid": port.get("port_guid"),
+            "firmware": ca.get("firmware_version"),
+            "psid": dev.get("board_id"),
+            "state": port.get("state"),
+            "physical_state": port.get("physical_state"),
+            "rate": port.get("rate") if isinstance(port.get("rate"), int | float) else None,
+            "link_layer": port.get("link_layer"),
+            "pci": dev.get("pci"),
+            "pcie_width": _width(dev.get("current_link_width")),
+            "pcie_speed": dev.get("current_link_speed"),
+            "netdev": netdev,
+            "netdevs": netdevs,
+            "ipoib": list(link["ipv4"]) if link else [],
+            "netdev_up": link["up"] if link else None,
+            "mlxconfig": config,
+            "mlxconfig_error": error,
+        })
+    return report
+
+
+def parse_mlxfwreset_query(text: str) -> dict[str, Any]:
+    """`mlxfwreset -d DEV q` -> {levels: {N: {text, supported: bool, default: bool}},
+    supported: bool}. `supported`: the card can be reset with the driver restarted and the
+    PCI link reset (level 3) or live-patched (level 0) without a reboot, i.e. `mlxfwreset
+    reset` activates new firmware settings. Output that lists no reset level (the tool
+    missing, an error) gives supported False."""
+    levels: dict[int, dict[str, Any]] = {}
+    in_levels = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.lower().startswith("reset-levels"):
+            in_levels = True
+            continue
+        if line.lower().startswith("reset-types") or line.lower().startswith("reset-sync"):
+            in_levels = False
+            continue
+        match = re.match(r"^(\d+):\s*(.*?)\s*-(Supported|Not Supported)\s*(\(default\))?",
+                         line)
+        if in_levels and match:
+            levels[int(match.group(1))] = {
+                "text": match.group(2),
+                "supported": match.group(3) == "Supported",
+                "default": bool(match.group(4)),
+            }
+    supported = any(levels.get(level, {}).get("supported") for level in (3,))
+    return {"levels": levels, "supported": supported}
