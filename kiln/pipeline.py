@@ -11,6 +11,7 @@ from kiln.roles.infiniband import infiniband, ofed
 from kiln.roles.kraken import kraken
 from kiln.roles.mirror import mirror_clients
 from kiln.roles.nvidia import nvidia
+from kiln.roles.ufm import subnet_manager
 
 
 def configure_and_gate() -> None:
@@ -26,6 +27,11 @@ def configure_and_gate() -> None:
     # read with nvidia-smi. Before the fabric: port settings assume the pinned NIC firmware.
     firmware()
     kraken()
+    if "service" in host.groups:
+        # A fabric without UFM: opensm on the service node, its partitions from the same
+        # PKey declaration (nothing unless kiln_fabric_manager is opensm and PKeys are
+        # declared). Before the GPU nodes' fabric stage: their ports need a subnet manager.
+        subnet_manager()
     if "gpu" in host.groups:
         infiniband()
         health()

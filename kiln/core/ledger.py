@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from kiln.core.checks import CheckResult, Status
 from kiln.core.errors import KilnError
 
 
@@ -108,6 +109,62 @@ CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
 CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
 """
 
+# Schema version 2: a check row carries a typed result (kiln.core.checks): its status, the
+# subject it is about (a key stable across runs, and the words a person reads), the evidence
+# (JSON) and the remediation. Added to a version-1 ledger's `checks` table in place (ALTER
+# TABLE ADD COLUMN keeps every row); old rows read as OK or CRITICAL from `passed`.
+SCHEMA_VERSION = 2
+CHECK_COLUMNS = (
+    ("status", "TEXT"),
+    ("subject", "TEXT NOT NULL DEFAULT ''"),
+    ("subject_text", "TEXT NOT NULL DEFAULT ''"),
+    ("evidence", "TEXT NOT NULL DEFAULT ''"),
+    ("remediation", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(checks)")}
+        for name, kind in CHECK_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE checks ADD COLUMN {name} {kind}")
+        db.execute("CREATE INDEX IF NOT EXISTS checks_subject ON checks(node, name, subject, id)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+@dataclass(frozen=True)
+class RecordedCheck:
+    node: str
+    name: str
+    subject: str  # Subject.key ('' for a row without one)
+    status: Status
+    detail: str
+    subject_text: str
+    evidence: str  # JSON
+    remediation: str
+    at: float
+
+
+def _status(status: str | None, passed: int) -> Status:
+    return Status(status) if status else (Status.OK if passed else Status.CRITICAL)
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    # Without a write-ahead log left beside it the file is all there is: read it as
+    # immutable (no lock, no -shm file). With one, a read-only connection reads both.
+    wal = path.with_name(path.name + "-wal").exists()
+    mode = "mode=ro" if wal else "mode=ro&immutable=1"
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+
 
 def recorded_state(path: Path | str, node: str) -> NodeState | None:
     """The node's state as the ledger at `path` records it, read without writing anything:
@@ -116,11 +173,7 @@ def recorded_state(path: Path | str, node: str) -> NodeState | None:
     path = Path(path)
     if not path.is_file():
         return None
-    # Without a write-ahead log left beside it the file is all there is: read it as
-    # immutable (no lock, no -shm file). With one, a read-only connection reads both.
-    wal = path.with_name(path.name + "-wal").exists()
-    mode = "mode=ro" if wal else "mode=ro&immutable=1"
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+    db = _read_only(path)
     try:
         row = db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
     except sqlite3.OperationalError:
@@ -130,6 +183,32 @@ def recorded_state(path: Path | str, node: str) -> NodeState | None:
     return NodeState(row[0]) if row else None
 
 
+def last_results(path: Path | str, node: str, check: str) -> dict[str, Status]:
+    """The last recorded status of `check` for each subject of the node (Subject.key ->
+    Status); {} when none is recorded (or there is no ledger). Read without writing
+    anything: a check operation compares it with what it finds while it plans, and
+    records only what differs."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    db = _read_only(path)
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(checks)")}
+        if "subject" not in columns:  # a version-1 ledger: one subject per check
+            rows = db.execute("SELECT '', NULL, passed FROM checks WHERE node = ? AND name = ? "
+                              "ORDER BY id DESC LIMIT 1", (node, check)).fetchall()
+        else:
+            rows = db.execute(
+                "SELECT c.subject, c.status, c.passed FROM checks c JOIN ("
+                " SELECT subject, MAX(id) AS id FROM checks WHERE node = ? AND name = ?"
+                " GROUP BY subject) last ON c.id = last.id", (node, check)).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return {subject: _status(status, passed) for subject, status, passed in rows}
+
+
 def last_passed(path: Path | str, node: str, check: str) -> float | None:
     """When the node last passed `check`, as the ledger at `path` records it; None when it
     never did (or there is no ledger). Read without writing anything, like
@@ -137,9 +216,7 @@ def last_passed(path: Path | str, node: str, check: str) -> float | None:
     path = Path(path)
     if not path.is_file():
         return None
-    wal = path.with_name(path.name + "-wal").exists()
-    mode = "mode=ro" if wal else "mode=ro&immutable=1"
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+    db = _read_only(path)
     try:
         row = db.execute("SELECT MAX(at) FROM checks WHERE node = ? AND name = ? AND passed = 1",
                          (node, check)).fetchone()
@@ -159,6 +236,7 @@ class Ledger:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        _migrate(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -270,10 +348,45 @@ class Ledger:
     ) -> None:
         with self._write() as db:
             db.execute(
-                "INSERT INTO checks (node, run_id, name, passed, value, detail, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (node, run_id, name, int(passed), value, detail, time.time()),
+                "INSERT INTO checks (node, run_id, name, passed, value, detail, status, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (node, run_id, name, int(passed), value, detail,
+                 Status.OK if passed else Status.CRITICAL, time.time()),
             )
+
+    def record_result(self, result: CheckResult, value: float | None = None,
+                      run_id: int | None = None) -> None:
+        """One typed check result (kiln.core.checks): `passed` is its status's (OK and
+        WARN pass), `detail` its message."""
+        self.record_results([result], value=value, run_id=run_id)
+
+    def record_results(self, results: list[CheckResult], value: float | None = None,
+                       run_id: int | None = None) -> None:
+        """Several results, in one transaction (one check's results for every part)."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO checks (node, run_id, name, passed, value, detail, status, "
+                "subject, subject_text, evidence, remediation, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.subject.node, run_id, r.check, int(r.passes), value, r.message, r.status,
+                  r.subject.key, str(r.subject), r.evidence_json(),
+                  str(r.remediation) if r.remediation else "", now) for r in results],
+            )
+
+    def results(self, node: str, check: str | None = None) -> list[RecordedCheck]:
+        """Every recorded check of the node (or only `check`), oldest first."""
+        query = ("SELECT node, name, subject, status, passed, detail, subject_text, evidence, "
+                 "remediation, at FROM checks WHERE node = ?")
+        args: tuple[str, ...] = (node,)
+        if check is not None:
+            query += " AND name = ?"
+            args += (check,)
+        rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [RecordedCheck(n, name, subject, _status(status, passed), detail, text,
+                              evidence, remediation, at)
+                for n, name, subject, status, passed, detail, text, evidence, remediation, at
+                in rows]
 
     def checks(self, node: str) -> list[tuple[str, bool, float | None, str]]:
         rows = self._db.execute(

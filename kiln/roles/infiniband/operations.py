@@ -20,6 +20,7 @@ from pyinfra.api.state import State
 from pyinfra.context import state as current_state
 from pyinfra.operations import files
 
+from kiln.core.checkrun import check_commands, mark_ran
 from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.core.manifest import HCATopology
@@ -28,7 +29,7 @@ from kiln.core.parsing import ParseError
 from kiln.roles.base.operations import node_readable
 from kiln.roles.bmc import operations as bmc_operations
 from kiln.roles.infiniband import ipoib as ipoib_config
-from kiln.roles.infiniband.checks import check_fabric
+from kiln.roles.infiniband.checks import CHECK_NAME, check_fabric, rails
 from kiln.roles.infiniband.facts import HCA_REPORT, HcaReport, MlxFwResetQuery
 from kiln.roles.infiniband.mlxsettings import not_taken, plan_settings
 from kiln.roles.infiniband.parsers import parse_hca_report
@@ -192,17 +193,35 @@ def ipoib(settings: ipoib_config.IPoIBSettings):  # noqa: ANN201
 @operation()
 def fabric_check(expect: HCATopology):  # noqa: ANN201
     """Every HCA the manifest expects: present, Active/LinkUp, at its rate, link layer and
-    PCIe width. Anything else fails the node, naming the HCA."""
+    PCIe width. Anything else fails the node, naming the HCA and what to do. The result
+    goes into the ledger when it differs from the last one recorded there: a converged
+    node yields nothing."""
     if not node_readable():
         yield preview("the HCA check")
         return
     try:
+        ctx = node_context(host)
         report = _report()
     except KilnError as exc:
         yield fail(f"node {_node()}: {exc}")
         return
-    result = check_fabric(report["hcas"], expect)
-    if not result.ok:
-        yield fail(f"node {_node()}: fabric check: " + "; ".join(result.failures()))
-        return
-    host.noop(f"fabric: {result.summary()}")
+    # When it ran, for the UFM check after it: its event window starts here (see
+    # roles.infiniband.infiniband). Memory only, for this run.
+    mark_ran(host, CHECK_NAME)
+    result = check_fabric(report["hcas"], expect, ctx.label)
+    commands = check_commands(result.combined, str(ctx.ledger_path), ctx.label, CHECK_NAME,
+                              title=f"node {ctx.label}: fabric check")
+    if not commands:
+        host.noop(f"fabric: {result.summary()}")
+    yield from commands
+
+
+def rail_ports(expect: HCATopology) -> list[tuple[str, str]] | None:
+    """(HCA name, port GUID) of each of the node's rails, for the UFM check: read in that
+    operation's body (afresh while the deploy runs); None when the node cannot be read yet
+    (a preview of a node with no OS)."""
+    if not node_readable():
+        return None
+    report = _report()
+    return [(hca["device"], hca["port_guid"]) for hca in rails(report["hcas"], expect)
+            if hca.get("port_guid")]

@@ -9,9 +9,9 @@ For every (HCA, port GUID) the node reports (the infiniband role's facts):
 - UFM logged no link-down (112, 329), symbol-error (110) or symbol-BER (917, 918) event
   for either end since `since` (reference §4.3's codes).
 
-Each port gets a typed `PortResult` (OK, CRITICAL, or UNKNOWN when UFM could not be read)
-with its evidence; a failure names the node, the HCA, the switch (name and GUID) and the
-switch port: where a technician goes.
+Each port gets a typed result (kiln.core.checks: OK, CRITICAL, or UNKNOWN when UFM could
+not be read) with its evidence and a remediation; a failure names the node, the HCA, the
+switch (name and GUID) and the switch port: where a technician goes.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 
+from kiln.core.checks import (
+    Action,
+    CheckResult,
+    Combined,
+    Peer,
+    Remediation,
+    Status,
+    Subject,
+)
 from kiln.core.errors import KilnError
 from kiln.core.fabric import normalise_guid
 from kiln.roles.ufm.resources import LANE_GBPS, PORT_TROUBLE_CODES, Port, width_lanes
 from kiln.roles.ufm.view import FabricView
 
 CHECK_NAME = "ufm-fabric"
-
-
-class Verdict(StrEnum):
-    OK = "OK"
-    WARN = "WARN"
-    CRITICAL = "CRITICAL"
-    UNKNOWN = "UNKNOWN"
 
 
 @dataclass(frozen=True)
@@ -56,55 +57,29 @@ class Expected:
 
 
 @dataclass(frozen=True)
-class PortResult:
-    node: str
-    hca: str
-    guid: str
-    verdict: Verdict
-    problems: tuple[str, ...] = ()
-    evidence: tuple[str, ...] = ()
-    switch: str | None = None
-    switch_guid: str | None = None
-    switch_port: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == Verdict.OK
-
-    @property
-    def where(self) -> str:
-        text = f"node {self.node}: HCA {self.hca} (port GUID {self.guid})"
-        if self.switch or self.switch_guid:
-            text += (f": switch {self.switch or '?'} (GUID {self.switch_guid or '?'}) "
-                     f"port {self.switch_port or '?'}")
-        return text
-
-    @property
-    def message(self) -> str:
-        return f"{self.where}: {'; '.join(self.problems) or 'OK'}"
-
-
-@dataclass(frozen=True)
 class FabricReport:
+    """A node's rails as UFM sees them: one result per HCA port (kiln.core.checks)."""
+
     node: str
     since: float | None
-    ports: tuple[PortResult, ...]
+    ports: tuple[CheckResult, ...]
 
     @property
-    def verdict(self) -> Verdict:
-        for worst in (Verdict.CRITICAL, Verdict.UNKNOWN, Verdict.WARN):
-            if any(p.verdict == worst for p in self.ports):
-                return worst
-        return Verdict.OK
+    def combined(self) -> Combined:
+        return Combined(self.ports)
 
     @property
-    def failures(self) -> tuple[PortResult, ...]:
-        return tuple(p for p in self.ports if not p.ok)
+    def status(self) -> Status:
+        return self.combined.status
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return self.combined.failures
 
     def summary(self) -> str:
-        if not self.failures:
+        if self.combined.passes:
             return f"node {self.node}: {len(self.ports)} rail(s) OK in UFM"
-        return "\n".join(p.message for p in self.failures)
+        return "\n".join(self.combined.report())
 
 
 def _state(port: Port) -> str:
@@ -126,52 +101,77 @@ def _rate_problem(port: Port, expected: Expected) -> str | None:
             f"expected {expected.describe()}")
 
 
+def _not(text: str) -> str | None:
+    return None if text in ("N/A", "n/a", "") else text
+
+
 def check_port(view: FabricView, node: str, hca: str, guid: str, expected: Expected,
-               since: float | None) -> PortResult:
+               since: float | None) -> CheckResult:
     """One HCA port, as UFM sees it."""
+    subject = Subject(node, "HCA", hca, (("port GUID", guid),))
     try:
         guid = normalise_guid(guid)
     except ValueError as exc:
-        return PortResult(node, hca, guid, Verdict.UNKNOWN, (str(exc),))
+        return CheckResult(CHECK_NAME, subject, Status.UNKNOWN, (str(exc),), {"guid": guid},
+                           Remediation(Action.RETRY, f"HCA {hca}: read its port GUID again "
+                                       "(ibstat)"))
+    subject = Subject(node, "HCA", hca, (("port GUID", guid),))
     try:
         port = view.host_ports().get(guid)
         ports = view.ports()
         unhealthy = view.unhealthy()
         events = view.events() if since is not None else {}
     except KilnError as exc:
-        return PortResult(node, hca, guid, Verdict.UNKNOWN,
-                          (f"UFM could not be read: {exc}",))
+        return CheckResult(CHECK_NAME, subject, Status.UNKNOWN,
+                           (f"UFM could not be read: {exc}",), {"guid": guid, "ufm":
+                                                                view.client.url},
+                           Remediation(Action.RETRY, f"make UFM {view.client.url} answer "
+                                       "(service, credentials, TLS), run the stage again"))
     if port is None:
-        return PortResult(node, hca, guid, Verdict.CRITICAL,
-                          (f"port GUID unknown to UFM {view.client.url} (not cabled, or "
-                           "not seen by the subnet manager)",))
+        return CheckResult(CHECK_NAME, subject, Status.CRITICAL,
+                           (f"port GUID unknown to UFM {view.client.url} (not cabled, or "
+                            "not seen by the subnet manager)",), {"guid": guid},
+                           Remediation(Action.CHECK_CABLE, f"HCA {hca}: check its cable is "
+                                       "in at both ends and the switch port is enabled; "
+                                       "reseat it"))
     peer = ports.get(port.peer or "") if port.has_peer else None
-    switch = (peer.system_name if peer else None) or port.peer_node_name
-    switch_guid = (peer.system_id if peer else None) or port.peer_node_guid
-    switch_port = (peer.label if peer else None) or port.peer_port_dname
-    located = {"switch": switch if switch != "N/A" else None,
-               "switch_guid": switch_guid if switch_guid != "n/a" else None,
-               "switch_port": switch_port if switch_port != "N/A" else None}
-    problems: list[str] = []
-    evidence = [f"UFM port {port.name} ({port.node_description or hca}): {_state(port)}"]
+    switch = _not((peer.system_name if peer else None) or port.peer_node_name or "")
+    switch_guid = _not((peer.system_id if peer else None) or port.peer_node_guid or "")
+    switch_port = _not((peer.label if peer else None) or port.peer_port_dname or "")
+    if switch or switch_guid:
+        subject = Subject(node, "HCA", hca, (("port GUID", guid),),
+                          Peer("switch", switch, switch_guid, switch_port))
+    where = (f"switch {switch or '?'} port {switch_port or '?'}" if switch or switch_guid
+             else "its switch port")
+    cable = Remediation(Action.CHECK_CABLE, f"reseat the cable between HCA {hca} and {where}"
+                        ", then replace it (or the transceiver) if the errors go on")
+    found: list[tuple[str, Remediation]] = []
+    evidence: dict[str, object] = {"guid": guid, "ufm_port": port.name,
+                                   "hca_port": _state(port)}
     if peer is None:
-        problems.append(f"no peer switch port in UFM (HCA port {_state(port)}): not "
-                        "cabled, or the link never came up")
+        found.append((f"no peer switch port in UFM (HCA port {_state(port)}): not "
+                      "cabled, or the link never came up", cable))
     else:
-        evidence.append(f"peer {peer.name} ({peer.node_description}): {_state(peer)}")
+        evidence.update(peer_port=peer.name, peer=f"{peer.node_description}: {_state(peer)}")
         if not peer.up:
-            problems.append(f"switch port is {peer.logical_state or '?'}/"
-                            f"{peer.physical_state or '?'}, not Active/Link Up")
+            found.append((f"switch port is {peer.logical_state or '?'}/"
+                          f"{peer.physical_state or '?'}, not Active/Link Up",
+                          Remediation(Action.CHECK_SWITCH_PORT, f"{where}: check it is "
+                                      f"enabled and its cable to HCA {hca} is in; reseat "
+                                      "the cable at both ends")))
         else:
             rate = _rate_problem(peer, expected)
             if rate:
-                problems.append(rate)
+                found.append((rate, cable))
     for name in (port.name, peer.name if peer else None):
         entry = unhealthy.get(name or "")
         if entry is not None:
             side = "HCA port" if name == port.name else "switch port"
-            problems.append(f"{side} is in UFM's unhealthy ports ({', '.join(entry.conditions)}"
-                            f", {entry.state}, since {entry.status_time})")
+            found.append((f"{side} is in UFM's unhealthy ports ({', '.join(entry.conditions)}"
+                          f", {entry.state}, since {entry.status_time})",
+                          Remediation(Action.CHECK_SWITCH_PORT, f"{where} and its cable to "
+                                      f"HCA {hca}: fix the cause, then clear the port's "
+                                      "unhealthy mark in UFM")))
     if since is not None:
         floor = math.floor(since)  # UFM dates events to the second
         for name in (port.name, peer.name if peer else None):
@@ -182,13 +182,16 @@ def check_port(view: FabricView, node: str, hca: str, guid: str, expected: Expec
                 try:
                     at = event.at(view.zone)
                 except KilnError as exc:
-                    problems.append(str(exc))
+                    found.append((str(exc), Remediation(Action.RETRY, "set the inventory's "
+                                                        "ufm.timezone to UFM's zone")))
                     continue
                 if at >= floor:
-                    problems.append(f"UFM event {event.code} ({what}) at {event.timestamp} "
-                                    f"on {name}: {event.description or event.name}")
-    verdict = Verdict.CRITICAL if problems else Verdict.OK
-    return PortResult(node, hca, guid, verdict, tuple(problems), tuple(evidence), **located)
+                    found.append((f"UFM event {event.code} ({what}) at {event.timestamp} "
+                                  f"on {name}: {event.description or event.name}", cable))
+    if not found:
+        return CheckResult(CHECK_NAME, subject, Status.OK, (), evidence)
+    return CheckResult(CHECK_NAME, subject, Status.CRITICAL, tuple(t for t, _ in found),
+                       evidence, found[0][1])
 
 
 def check_node(view: FabricView, node: str, hca_ports: Iterable[tuple[str, str]],

@@ -20,7 +20,7 @@ from kiln.core.context import node_context
 from kiln.core.errors import KilnError, pydantic_problems
 from kiln.core.outcomes import refuse
 from kiln.roles.ufm.opensm import OpenSMSettings, render_conf, render_partitions
-from kiln.roles.ufm.settings import pkey_declarations
+from kiln.roles.ufm.settings import fabric_manager, pkey_declarations
 
 
 def opensm_settings(ctx: object) -> OpenSMSettings:
@@ -60,3 +60,26 @@ def opensm(members: Mapping[str, Mapping[str, str]] | None = None) -> None:
     systemd.service(name="opensm restarted for its new configuration",
                     service=settings.service, restarted=True, _sudo=ctx.sudo,
                     _if=any_changed(*written))
+
+
+def opensm_declared(ctx: object) -> bool:
+    """Whether this node runs the fabric's opensm: a service node of a cluster declaring
+    `kiln_fabric_manager: opensm` and at least one PKey (kiln_ufm_pkeys). Raises KilnError
+    for a bad declaration."""
+    context = node_context(ctx)
+    return (context.role == "service" and fabric_manager(context) == "opensm"
+            and bool(pkey_declarations(context)))
+
+
+@deploy("Subnet manager: opensm where the cluster declares it")
+def subnet_manager(members: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """opensm() on a service node when opensm_declared(); elsewhere nothing. Until the gate
+    passes `members` (its pooled nodes' port GUIDs), the declared tenant PKeys are written
+    with no members (the management partition holds every port)."""
+    try:
+        declared = opensm_declared(host)
+    except KilnError as exc:
+        refuse(name="opensm declaration", message=str(exc))
+        return
+    if declared:
+        opensm(members=members)

@@ -1,8 +1,9 @@
 """pyinfra operations of the ufm role, run on the controller.
 
-    fabric_healthy(hca_ports=[("mlx5_0", "0x946d..."), ...], since=...)
-        the node's rails as UFM sees them (kiln.roles.ufm.checks); records the result in
-        the ledger and fails the node, naming HCA, switch and port, when a rail is not OK.
+    fabric_healthy(hca_ports=[("mlx5_0", "0x946d..."), ...], since=... | after=check)
+        the node's rails as UFM sees them (kiln.roles.ufm.checks): nothing when they are
+        OK and the ledger says so already; else records what differs in the ledger and
+        fails the node, naming HCA, switch and port, when a rail is not OK.
     pkey_members(pkey="0x0a12", ports={"gpu-001": [guid, ...], ...})
         UFM's partition holds exactly these ports, with the declared memberships.
 
@@ -13,7 +14,7 @@ and the change preview write nothing (not UFM, not the ledger).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyinfra import host
@@ -21,12 +22,13 @@ from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from kiln.core.checkrun import check_commands, ran_at
 from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.core.fabric import PKeyDeclaration, normalise_guid
-from kiln.core.ledger import Ledger, last_passed
-from kiln.core.outcomes import fail, fail_host
-from kiln.roles.ufm.checks import CHECK_NAME, Expected, FabricReport, Verdict, check_node
+from kiln.core.ledger import last_passed
+from kiln.core.outcomes import fail, fail_host, preview
+from kiln.roles.ufm.checks import CHECK_NAME, Expected, check_node
 from kiln.roles.ufm.client import UFMClient
 from kiln.roles.ufm.resources import Partition
 from kiln.roles.ufm.settings import client_for, pkey_declaration
@@ -38,46 +40,53 @@ logger = logging.getLogger("pyinfra")
 # -- the node's rails, from UFM -------------------------------------------------------------
 
 
-def events_since(ledger: str, node: str, stage_start: float) -> float:
-    """Where the event search starts: the node's last pass of this check, else the stage
-    start. The caller's stage start must come after its own port resets (mlxfwreset, a
-    reboot): those log link-down events that are not faults."""
-    passed = last_passed(ledger, node, CHECK_NAME)
-    return passed if passed is not None else stage_start
+def events_since(ledger: str, node: str, not_before: float | None) -> float | None:
+    """Where the event search starts: the later of the node's last pass of this check in
+    the ledger and `not_before` (when this run's own resets were over); None when neither
+    is known (no event search)."""
+    known = [t for t in (last_passed(ledger, node, CHECK_NAME), not_before) if t is not None]
+    return max(known) if known else None
 
 
-def _record(state: State, host: Host, report: FabricReport, ledger: str) -> bool:
-    book = Ledger(ledger)
-    try:
-        for port in report.ports:
-            book.record_check(report.node, CHECK_NAME, port.ok, None,
-                              f"{port.verdict}: {port.message}")
-    finally:
-        book.close()
-    if report.verdict != Verdict.OK:
-        return fail_host(host, f"UFM: {report.summary()}")
-    host.log(f"UFM: {report.summary()}", log_func=logger.info)
-    return True
+Ports = Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]] | None]
 
 
-@operation(is_idempotent=False)
-def fabric_healthy(hca_ports: Iterable[tuple[str, str]],  # noqa: ANN201 - pyinfra generator
-                   since: float | None = None, stage_start: float | None = None):
+@operation()
+def fabric_healthy(hca_ports: Ports,  # noqa: ANN201 - pyinfra generator
+                   since: float | None = None, after: str | None = None,
+                   stage_start: float | None = None):
     """Every (HCA name, port GUID) of this node is known to UFM, its switch port up at the
-    manifest's rate, not unhealthy, with no link-down/symbol-error/BER event since `since`
-    (default: the last pass in the ledger, else `stage_start`; neither: no event search)."""
+    manifest's rate, not unhealthy, with no link-down/symbol-error/BER event since `since`.
+
+    `hca_ports`: the pairs, or a function giving them when the operation runs (the node's
+    HCAs read then; None: the node cannot be read yet, the preview says what will be
+    checked). Without `since` the window starts at the later of the node's last pass in
+    the ledger and the moment check `after` ran on this host in this run (else
+    `stage_start`); with none of them, events are not searched.
+
+    Yields nothing when every rail is OK and the ledger already says so; records what
+    differs; fails the node naming HCA, switch and port otherwise."""
     try:
         ctx = node_context(host)
+        ports = hca_ports() if callable(hca_ports) else hca_ports
+        if ports is None:
+            yield preview("the rails' check in UFM")
+            return
         expected = Expected(ctx.manifest.topology.hca.port_rate_gbps)
         ledger = str(ctx.ledger_path)
-        if since is None and stage_start is not None:
-            since = events_since(ledger, ctx.label, stage_start)
+        if since is None:
+            marked = ran_at(host, after) if after else None
+            since = events_since(ledger, ctx.label,
+                                 marked if marked is not None else stage_start)
         view = fabric_view(host)
-        report = check_node(view, ctx.label, list(hca_ports), expected, since)
+        report = check_node(view, ctx.label, list(ports), expected, since)
     except KilnError as exc:
         yield fail(str(exc))
         return
-    yield FunctionCommand(_record, (report, ledger), {})
+    commands = check_commands(report.combined, ledger, ctx.label, CHECK_NAME, title="UFM")
+    if not commands:
+        host.noop(f"UFM: {report.summary()}")
+    yield from commands
 
 
 # -- partition keys -------------------------------------------------------------------------

@@ -119,6 +119,7 @@ class FakeHost:
         self.report, self.mlxfwreset = report, mlxfwreset or {}
         self.files = files or {}
         self.noops: list[str] = []
+        self.logged: list[str] = []
         self.connector = SimpleNamespace(client=object())
         self.print_prefix = f"[{self.name}] "
         self.groups: list[Any] = []
@@ -142,6 +143,14 @@ class FakeHost:
 
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def log_styled(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self.logged.append(message)
+
+
+def execute(command: Any, fake: FakeHost) -> Any:
+    """Run a yielded FunctionCommand as pyinfra would, against `fake`."""
+    return command.function(None, fake, *command.args, **command.kwargs)
 
 
 def run_operation(operation: Any, fake: FakeHost, **kwargs: Any) -> list[Any]:

@@ -13,20 +13,23 @@ from hca_support import (
     FIXTURES,
     FakeHost,
     SimNode,
+    execute,
     ip_json,
     report_text,
     run_operation,
     text_of,
 )
 
+from kiln.core.checks import Status
 from kiln.core.errors import KilnError, ValidationFailed
 from kiln.core.inventory import host_data, load_cluster
+from kiln.core.ledger import Ledger
 from kiln.core.manifest import HCATopology, load_manifest
 from kiln.core.parsing import ParseError
 from kiln.core.paths import FIRMWARE_DIR
 from kiln.roles.firmware.parsers import parse_mlxconfig
 from kiln.roles.infiniband import operations
-from kiln.roles.infiniband.checks import check_fabric
+from kiln.roles.infiniband.checks import CHECK_NAME, check_fabric
 from kiln.roles.infiniband.ipoib import (
     IFUPDOWN_FILE,
     NETPLAN_FILE,
@@ -105,9 +108,12 @@ def test_check_names_the_hca_at_half_width_and_the_missing_ones():
     result = check_fabric(report["hcas"][:7], EXPECT)
     assert not result.ok
     failures = result.failures()
-    assert failures[0] == ("7 of 8 MT4129s (InfiniBand) present: mlx5_0, mlx5_1, mlx5_4, "
-                           "mlx5_5, mlx5_6, mlx5_7, mlx5_8")
-    assert failures[1] == "mlx5_0: CRITICAL: PCIe x8, not x16 (0000:18:00.0)"
+    assert failures[0].startswith(
+        "node this host: CRITICAL: 7 of 8 MT4129s (InfiniBand) present: mlx5_0, mlx5_1, "
+        "mlx5_4, mlx5_5, mlx5_6, mlx5_7, mlx5_8 -> reseat: ")
+    assert failures[1].startswith(
+        "node this host: HCA mlx5_0 (port GUID 0x58a2e10300a7820e, PCI 0000:18:00.0): "
+        "CRITICAL: PCIe x8, not x16 (0000:18:00.0) -> reseat: reseat HCA mlx5_0")
     assert result.results[0].evidence["port_guid"] == "0x58a2e10300a7820e"
 
 
@@ -166,10 +172,12 @@ def test_simulated_card_set_reset_read_back(tmp_path, monkeypatch):
 
 def test_simulated_port_down_fails_the_check_naming_the_hca(tmp_path, monkeypatch):
     node = SimNode(tmp_path, monkeypatch, faults=[{"kind": "hca-port-down", "hca": 3}])
-    result = check_fabric(parse_hca_report(node.report())["hcas"], LAB.topology.hca)
+    result = check_fabric(parse_hca_report(node.report())["hcas"], LAB.topology.hca, "gpu-001")
     assert not result.ok
     [failure] = result.failures()
-    assert failure.startswith("mlx5_3: CRITICAL: port state Down, not Active")
+    assert failure.startswith("node gpu-001: HCA mlx5_3 (port GUID ")
+    assert "CRITICAL: port state Down, not Active" in failure
+    assert "-> check-cable: reseat the cable of HCA mlx5_3" in failure
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -278,12 +286,42 @@ def test_ipoib_settings_from_bad_host_data_name_the_node():
 
 def test_fabric_check_operation_fails_the_node_naming_the_hca(tmp_path, monkeypatch):
     node = SimNode(tmp_path, monkeypatch, faults=[{"kind": "hca-port-down", "hca": 3}])
-    fake = FakeHost({"kiln_node": "gpu-001"}, parse_hca_report(node.report()))
+    data = {"kiln_node": "gpu-001", "kiln_ledger": str(tmp_path / "kiln.db")}
+    fake = FakeHost(data, parse_hca_report(node.report()))
     [command] = run_operation(operations.fabric_check, fake, expect=LAB.topology.hca)
-    assert "node gpu-001: fabric check: mlx5_3: CRITICAL: port state Down" in command.args[0]
-    ok = FakeHost({"kiln_node": "gpu-001"}, real_report())
+    assert execute(command, fake) is False
+    [message] = fake.logged
+    assert message.startswith("node gpu-001: fabric check: node gpu-001: HCA mlx5_3 ")
+    assert "CRITICAL: port state Down" in message
+    # the failure is in the ledger, with its remediation
+    book = Ledger(tmp_path / "kiln.db")
+    [bad] = [r for r in book.results("gpu-001") if r.status == Status.CRITICAL]
+    assert bad.subject == "HCA mlx5_3" and bad.remediation.startswith("check-cable")
+    book.close()
+
+
+def test_fabric_check_records_a_pass_once_then_changes_nothing(tmp_path):
+    data = {"kiln_node": "gpu-001", "kiln_ledger": str(tmp_path / "kiln.db")}
+    ok = FakeHost(data, real_report())
+    [command] = run_operation(operations.fabric_check, ok, expect=EXPECT)
+    assert not (tmp_path / "kiln.db").exists()  # planning wrote nothing
+    assert execute(command, ok) is True
+    book = Ledger(tmp_path / "kiln.db")
+    assert len(book.results("gpu-001", CHECK_NAME)) == 9  # the node and its 8 HCAs
+    assert run_operation(operations.fabric_check, ok, expect=EXPECT) == []  # converged
+    assert ok.noops == ["fabric: node gpu-001: 8 HCA(s) Active/LinkUp at the manifest's rate "
+                        "and width"]
+    # a rail goes down: a failing command; back up: one pass recorded, then nothing again
+    down = real_report()
+    down["hcas"][2]["state"] = "Down"
+    bad = FakeHost(data, down)
+    [failing] = run_operation(operations.fabric_check, bad, expect=EXPECT)
+    assert execute(failing, bad) is False
+    [again] = run_operation(operations.fabric_check, ok, expect=EXPECT)
+    assert execute(again, ok) is True
     assert run_operation(operations.fabric_check, ok, expect=EXPECT) == []
-    assert ok.noops == ["fabric: 8 HCA(s) Active/LinkUp at the manifest's rate and width"]
+    assert len(book.results("gpu-001", CHECK_NAME)) == 9 * 3
+    book.close()
 
 
 def test_preview_of_a_node_with_no_os_reads_nothing():
@@ -405,3 +443,57 @@ def test_deploy_refuses_bad_ipoib_host_data_naming_the_node(monkeypatch):
     [refused] = recorder.called("refuse")
     assert re.search("node gpu-001: host data kiln_ipoib", refused["message"])
     assert recorder.called("mlxconfig_settings") == []
+
+
+def stage_operations(monkeypatch, **data) -> list[str]:
+    """The names of the operations infiniband() adds for gpu-001 (a preview: the @metal
+    node has no session yet, so nothing is read, from the node or from UFM)."""
+    from site_manifests import Recorder, deploy_state
+
+    import kiln.roles.infiniband as infiniband_role
+
+    monkeypatch.setattr(infiniband_role, "base_operations", Recorder())
+    base = {"kiln_node": "gpu-001", "kiln_sku": "lab", "kiln_role": "gpu",
+            "kiln_hostname": "gpu-001", "kiln_ntp_servers": ["10.0.0.1"],
+            "kiln_ledger": "/nonexistent/kiln.db"}
+    state = deploy_state(infiniband_role.infiniband, {**base, **data}, "gpu-001")
+    return [sorted(meta.names)[0].split(" | ")[-1] for meta in state.op_meta.values()]
+
+
+UFM_SERVER = {"url": "https://ufm.example/", "ca_bundle": "/etc/ssl/ufm.pem"}
+
+
+def test_the_stage_runs_the_ufm_check_after_the_node_side_one_where_there_is_ufm(
+        monkeypatch):
+    names = stage_operations(monkeypatch, kiln_ufm_server=UFM_SERVER)
+    assert names[-2:] == ["Every HCA Active, LinkUp, at rate and width",
+                          "Every rail healthy in UFM: switch port up, at rate, no faults"]
+
+
+@pytest.mark.parametrize("data", [{}, {"kiln_ufm_server": UFM_SERVER,
+                                       "kiln_fabric_manager": "opensm"}])
+def test_without_ufm_or_with_opensm_the_stage_runs_no_ufm_check(monkeypatch, data):
+    names = stage_operations(monkeypatch, **data)
+    assert names[-1] == "Every HCA Active, LinkUp, at rate and width"
+    assert not any("UFM" in name for name in names)
+
+
+def test_the_ufm_check_reads_the_rails_port_guids_and_starts_after_the_node_check():
+    from types import SimpleNamespace
+
+    from pyinfra.context import ctx_host, ctx_state
+
+    from kiln.core.checkrun import mark_ran, ran_at
+
+    fake = FakeHost({"kiln_node": "gpu-001"}, real_report())
+    with ctx_state.use(SimpleNamespace(is_executing=False)), ctx_host.use(fake):
+        ports = operations.rail_ports(EXPECT)
+    assert ports[0] == ("mlx5_0", "0x58a2e10300a7820e") and len(ports) == 8
+
+    class Run:
+        pass
+
+    run = Run()
+    assert ran_at(fake, CHECK_NAME, run=run) is None
+    mark_ran(fake, CHECK_NAME, at=123.0, run=run)
+    assert ran_at(fake, CHECK_NAME, run=run) == 123.0

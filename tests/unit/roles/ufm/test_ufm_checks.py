@@ -10,9 +10,10 @@ import time
 import pytest
 from ufm_served import ENV, Served, make_lab
 
+from kiln.core.checks import Action, Status
 from kiln.core.ledger import Ledger
 from kiln.lab.hwsim import lab_hooks
-from kiln.roles.ufm.checks import CHECK_NAME, Expected, Verdict, check_node
+from kiln.roles.ufm.checks import CHECK_NAME, Expected, check_node
 from kiln.roles.ufm.operations import events_since
 from kiln.roles.ufm.settings import client_for
 from kiln.roles.ufm.view import FabricView, fabric_view
@@ -39,11 +40,13 @@ def test_expected_rate_names_speed_and_width():
 def test_a_healthy_node_passes_with_evidence(ufm, tmp_path):
     report = check_node(view_of(ufm, tmp_path), "gpu-001", ufm.hca_ports("gpu-001"), NDR,
                         since=time.time() - 60)
-    assert report.verdict == Verdict.OK and len(report.ports) == 8
+    assert report.status == Status.OK and len(report.ports) == 8
     first = report.ports[0]
-    assert (first.hca, first.switch, first.switch_port) == ("mlx5_0", "leaf-rail0", "1/1")
-    assert first.switch_guid.startswith("fc6a1c0300")
-    assert "Active/Link Up NDR 4x" in first.evidence[1]
+    peer = first.subject.peer
+    assert (first.subject.name, peer.name, peer.port) == ("mlx5_0", "leaf-rail0", "1/1")
+    assert peer.guid.startswith("fc6a1c0300")
+    assert "Active/Link Up NDR 4x" in first.evidence["peer"]
+    assert first.remediation is None
     assert report.summary() == "node gpu-001: 8 rail(s) OK in UFM"
 
 
@@ -52,11 +55,14 @@ def test_a_port_down_fails_naming_hca_switch_and_port(ufm, tmp_path):
     lab_hooks.apply_fault(ufm.lab, "gpu-003", "hca-port-down", {"hca": "6"})
     report = check_node(view_of(ufm, tmp_path), "gpu-003", ufm.hca_ports("gpu-003"), NDR,
                         since)
-    assert report.verdict == Verdict.CRITICAL
+    assert report.status == Status.CRITICAL
     [bad] = report.failures
-    assert (bad.hca, bad.switch, bad.switch_port) == ("mlx5_6", "leaf-rail6", "2/1")
-    assert bad.message.startswith(f"node gpu-003: HCA mlx5_6 (port GUID {bad.guid}): switch "
-                                  f"leaf-rail6 (GUID {bad.switch_guid}) port 2/1: ")
+    peer, guid = bad.subject.peer, bad.evidence["guid"]
+    assert (bad.subject.name, peer.name, peer.port) == ("mlx5_6", "leaf-rail6", "2/1")
+    assert bad.message.startswith(f"node gpu-003: HCA mlx5_6 (port GUID {guid}): switch "
+                                  f"leaf-rail6 (GUID {peer.guid}) port 2/1: CRITICAL: ")
+    assert bad.remediation.action == Action.CHECK_SWITCH_PORT
+    assert "leaf-rail6 port 2/1" in bad.message.split(" -> ")[1]
     text = "; ".join(bad.problems)
     assert "switch port is Down/Polling, not Active/Link Up" in text
     assert "HCA port is in UFM's unhealthy ports (UNRESPONSIVE" in text
@@ -67,7 +73,7 @@ def test_a_rail_at_200g_fails_with_the_rate_found(ufm, tmp_path):
     lab_hooks.apply_fault(ufm.lab, "gpu-002", "hca-rate", {"hca": "3", "rate": "200"})
     report = check_node(view_of(ufm, tmp_path), "gpu-002", ufm.hca_ports("gpu-002"), NDR, None)
     [bad] = report.failures
-    assert bad.hca == "mlx5_3" and bad.switch == "leaf-rail3"
+    assert bad.subject.name == "mlx5_3" and bad.subject.peer.name == "leaf-rail3"
     assert bad.problems == ("link at HDR 4x (200 Gb/s), expected NDR 4x (400 Gb/s)",)
 
 
@@ -80,9 +86,9 @@ def test_an_unknown_guid_and_a_port_marked_unhealthy(ufm, tmp_path):
     report = check_node(FabricView(client), "gpu-004",
                         ports[:3] + [("mlx5_9", "0x0002c90300000000")], NDR, None)
     unknown = report.failures[-1]
-    assert unknown.verdict == Verdict.CRITICAL and unknown.switch is None
+    assert unknown.status == Status.CRITICAL and unknown.subject.peer is None
     assert "port GUID unknown to UFM" in unknown.problems[0]
-    assert report.failures[0].hca == "mlx5_2"
+    assert report.failures[0].subject.name == "mlx5_2"
     assert "unhealthy ports (MANUAL" in report.failures[0].problems[0]
 
 
@@ -93,12 +99,12 @@ def test_counter_events_count_only_since_the_given_time(ufm, tmp_path):
     name = ports[1][1].removeprefix("0x") + "_1"
     ufm.simulator.store.port_event(fabric.port(name), "917", now=old)
     report = check_node(view_of(ufm, tmp_path), "gpu-005", ports, NDR, since=old + 60)
-    assert report.verdict == Verdict.OK  # before the window
+    assert report.status == Status.OK  # before the window
     leaf_port = fabric.port(name).peer
     ufm.simulator.store.port_event(leaf_port, "110")  # the switch side's symbol errors
     report = check_node(view_of(ufm, tmp_path), "gpu-005", ports, NDR, since=old + 60)
     [bad] = report.failures
-    assert bad.hca == "mlx5_1" and "UFM event 110 (symbol error counter rate)" in \
+    assert bad.subject.name == "mlx5_1" and "UFM event 110 (symbol error counter rate)" in \
         bad.problems[0] and leaf_port.name in bad.problems[0]
     report = check_node(view_of(ufm, tmp_path), "gpu-005", ports, NDR, since=old - 60)
     assert "UFM event 917 (symbol BER)" in " ".join(report.failures[0].problems)
@@ -112,7 +118,7 @@ def test_an_unreadable_ufm_is_unknown_not_ok(tmp_path):
     client = client_for(data, env=ENV, warn=lambda _: None)
     client.retry = client.retry.__class__(attempts=1)
     report = check_node(FabricView(client), "gpu-001", [("mlx5_0", "0x1")], NDR, None)
-    assert report.verdict == Verdict.UNKNOWN
+    assert report.status == Status.UNKNOWN
     assert "UFM could not be read" in report.ports[0].problems[0]
 
 
@@ -165,8 +171,8 @@ def test_a_run_reads_each_resource_once_whatever_the_number_of_nodes(ufm, tmp_pa
     assert single == {("GET", "/ufmRest/resources/ports"): 1,
                       ("GET", "/ufmRest/app/unhealthy_ports"): 1,
                       ("GET", "/ufmRest/app/events"): 1}
-    assert one["gpu-001"].verdict == Verdict.OK
-    assert all(r.verdict == Verdict.OK for r in eight.values()) and len(eight) == 8
+    assert one["gpu-001"].status == Status.OK
+    assert all(r.status == Status.OK for r in eight.values()) and len(eight) == 8
     ufm.reset_counts()
     run_checks(ufm, tmp_path, ["gpu-001", "gpu-002"])  # a new run reads afresh
     assert sum(ufm.requests.values()) == 3

@@ -100,3 +100,15 @@ def test_opensm_conf_points_at_the_partitions_file():
     ]
     with pytest.raises(ValueError):
         OpenSMSettings(sm_priority=16)
+
+
+def test_opensm_is_declared_only_for_a_service_node_with_opensm_and_pkeys():
+    from kiln.roles.ufm import opensm_declared
+
+    pkeys = [{"pkey": "0x0a12", "name": "tenant_acme"}]
+    service = {"kiln_node": "svc-001", "kiln_role": "service",
+               "kiln_fabric_manager": "opensm", "kiln_ufm_pkeys": pkeys}
+    assert opensm_declared(service) is True
+    assert opensm_declared({**service, "kiln_ufm_pkeys": []}) is False  # no PKeys: nothing
+    assert opensm_declared({**service, "kiln_fabric_manager": "ufm"}) is False
+    assert opensm_declared({**service, "kiln_role": "gpu"}) is False
