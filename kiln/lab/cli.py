@@ -84,7 +84,14 @@ def print_table(state: LabState) -> None:
 def cmd_fault(args: argparse.Namespace) -> int:
     from kiln.lab.integrations import fault_command
 
-    return fault_command(args.fault_args)
+    status = fault_command(args.fault_args)
+    node = args.fault_args[0] if args.fault_args else "-"
+    if status == 0 and not node.startswith("-"):
+        # A port's state is also its rail interface's link (lab/rails.py).
+        from kiln.lab.cluster import sync_rail_links
+
+        sync_rail_links(node)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kiln.core.paths import FIRMWARE_DIR
-from kiln.lab import integrations, netboot, netns, services
+from kiln.lab import integrations, netboot, netns, rails, services
 from kiln.lab.credentials import ensure_lab_secrets
 from kiln.lab.host import LabError, require_root, require_tools, run
 from kiln.lab.nodes import Node
@@ -133,6 +133,7 @@ def up(
         # bring-up never makes a key while it plans.
         init_key(mirror_state_dir(lab))
         netns.ensure_bridge()
+        rails.ensure_bridges()
         netns.add_bmc_addresses([n.bmc["address"] for n in nodes])
         public_key = key.with_suffix(".pub").read_text()
         machines = [Node(lab, n) for n in nodes]
@@ -140,6 +141,8 @@ def up(
             machine.wipe()
             machine.prepare_hardware(faults_file)
             netns.create_node_network(machine.name, machine.state.address)
+            rails.create_node_rails(machine.name, machine.state.index, machine.state.netns,
+                                    machine.hw)
             netboot.cancel(lab, machine.name)
             netboot.clear_result(lab, machine.name)
             machine.state.disk = "blank"
@@ -227,6 +230,7 @@ def _teardown(lab: Path) -> None:
     integrations.stop_simulators(lab)
     _kill_strays(lab)
     netns.delete_all()
+    rails.delete_all()
     _unmount_under(lab)
     integrations.stop_vendor_repo(lab)
 
@@ -389,6 +393,22 @@ def power_cycle(name: str, boot: str = "disk", wait: bool = False) -> None:
     """Off, then on from `boot` (a reset, as a BMC does it)."""
     power_off(name)
     power_on(name, boot=boot, wait=wait)
+
+
+def sync_rail_links(name: str) -> dict[int, bool] | None:
+    """After `kiln lab fault` changed a node's faults: its rail links as its ports now are
+    (an `hca-port-down` takes that rail's link down, clearing it brings the link back).
+    None where there is nothing to change: the lab is not up or has no such node."""
+    if os.geteuid() != 0:
+        return None
+    lab = lab_dir()
+    with lab_lock(lab):
+        try:
+            node = load_state(lab).node(name)
+        except StateError:
+            return None
+        machine = Node(lab, node)
+        return machine.set_rail_links(powered=machine.running())
 
 
 def reset_node(name: str, wait: bool = True) -> None:

@@ -7,7 +7,9 @@ A node is (under the lab directory):
   host PID of the `unshare` process holding its namespaces;
 - `hw/<name>/`: its hardware, bound read-only at /run/kiln-hw (and `hw/<name>/flash/`
   read-write at /run/kiln-hw-flash);
-- netns `kiln-<name>` (lab/netns.py).
+- netns `kiln-<name>` (lab/netns.py), with one rail interface per HCA (lab/rails.py):
+  their links are up while the node is powered on (unless a fault holds a port down) and
+  down while it is off, when they also lose what the node's OS set on them.
 
 Booting: `ip netns exec kiln-<name> unshare --pid --mount --uts --fork` runs the launcher
 below, which mounts /proc, a minimal /dev, /sys, /run, /tmp and the hardware binds into the
@@ -25,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from kiln.lab import integrations
+from kiln.lab import integrations, rails
 from kiln.lab.host import LabError, run
 from kiln.lab.netns import kill_netns_processes
 from kiln.lab.state import VENDOR_REPO_URL, NodeState
@@ -198,6 +200,7 @@ class Node:
             return
         self.mount()
         integrations.on_node_boot(self.lab, self.name, self.merged)
+        self.set_rail_links()
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "KILN_ROOT": str(self.merged),
@@ -226,6 +229,8 @@ class Node:
         boot). The node is on (its BMC says so) but has no OS and no sshd."""
         if self.running():
             return
+        # Powered, so its ports train (the HCA's firmware does that, not the OS).
+        self.set_rail_links()
         argv = [
             "ip", "netns", "exec", self.state.netns,
             "unshare", "--pid", "--mount", "--uts", "--fork", "--kill-child", "--",
@@ -260,8 +265,13 @@ class Node:
                 pass
             _wait_gone(pid, timeout=10)
         kill_netns_processes(self.state.netns)
+        rails.power_off(self.name, self.state.netns, self.hw)
         self.pid_file.unlink(missing_ok=True)
         self.unmount()
+
+    def set_rail_links(self, powered: bool = True) -> dict[int, bool]:
+        """The node's rail links as its power and its ports (faults applied) say now."""
+        return rails.set_links(self.name, self.state.netns, self.hw, powered)
 
     def wait_ssh(self, timeout: float) -> None:
         """Until sshd answers with its banner; error with the console's tail if it does not."""

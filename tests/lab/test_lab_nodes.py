@@ -155,7 +155,8 @@ def _lab_traces(lab_dir: str, netns_inodes: set[int]) -> dict[str, list[str]]:
             processes.append(f"{proc.name} {command}")
     return {
         "netns": [line for line in netns.splitlines() if line.startswith("kiln-")],
-        "links": [line for line in links.splitlines() if line.startswith(("kv-", "kilnbr0"))],
+        "links": [line for line in links.splitlines()
+                  if line.startswith(("kv-", "kilnbr0", "kilnrail")) or re.match(r"kr\d+-", line)],
         "mounts": [line for line in mounts if lab_dir in line or "kiln-" in line],
         "processes": processes,
     }
@@ -170,6 +171,9 @@ def test_down_leaves_no_namespace_mount_veth_or_process(lab, lab_shapes, ssh, ki
     inodes = {os.stat(f"/run/netns/{node.netns}").st_ino for node in lab.nodes}
     before = _lab_traces(lab.lab_dir, inodes)
     assert len(before["netns"]) == len(lab.nodes) and before["processes"] and before["mounts"]
+    # kilnbr0 and its veths, and the 8 rail bridges with one port per GPU node's HCA.
+    gpus = sum(node.role == "gpu" for node in lab.nodes)
+    assert len(before["links"]) == 1 + len(lab.nodes) + 8 + 8 * gpus, before["links"]
 
     kiln_lab("down")
     traces = _lab_traces(lab.lab_dir, inodes)

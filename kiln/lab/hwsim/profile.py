@@ -276,6 +276,14 @@ def _hca(rng: random.Random, i: int, index: int, fw: str) -> dict[str, Any]:
     }
 
 
+def ipoib_netdev(hca: dict[str, Any]) -> str:
+    """The HCA's IPoIB interface as udev's predictable naming calls it: `ibp<bus>s<slot>`
+    from its PCI address (0000:1a:00.0 -> ibp26s0), what the boot log says it was renamed to
+    and what the lab names the node's rail interface for that HCA (lab/rails.py)."""
+    bdf = hca["pci_bdf"]
+    return f"ibp{int(bdf[5:7], 16)}s{int(bdf[8:10], 16)}"
+
+
 def _boot_log(profile: dict[str, Any], rng: random.Random) -> list[list[Any]]:
     """A clean boot's kernel lines that depend on hardware alone (driver lines come later)."""
     system = profile["system"]
@@ -311,8 +319,8 @@ def _boot_log(profile: dict[str, Any], rng: random.Random) -> list[list[Any]]:
     if profile["hcas"]:
         lines.append((t + 0.2, "mlx5_ib: Mellanox Connect-IB Infiniband driver v6.1.0-28"))
         for hca in profile["hcas"]:
-            lines.append((t + 0.3, f"mlx5_core {hca['pci_bdf']} ibp{int(hca['pci_bdf'][5:7], 16)}"
-                                   f"s0: renamed from ib{hca['name'][5:]}"))
+            lines.append((t + 0.3, f"mlx5_core {hca['pci_bdf']} {ipoib_netdev(hca)}: "
+                                   f"renamed from ib{hca['name'][5:]}"))
     return [[round(ts, 6), line] for ts, line in sorted(lines, key=lambda item: item[0])]
 
 
