@@ -64,6 +64,7 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
         data["kiln_secrets_file"] = state.secrets_file
     data.update(lab_mirror_data(state, node))
     data.update(lab_base_data(state))
+    data.update(lab_ipoib_data(node))
     data.update(lab_kraken_data(state))
     lab = state.lab_dir
     # The ledger and the pool of this lab, beside it (not the checkout's state/).
@@ -88,6 +89,25 @@ def lab_base_data(state: LabState) -> dict[str, Any]:
             "net.ipv4.tcp_wmem": "4096 65536 134217728",
         },
     }
+
+
+# The lab's IPoIB scheme, as a production inventory's `ipoib` declares one (kiln.core.inventory
+# IPoIB): rail r in 10.232.r.0/24 (beside the lab's 10.231.x management and BMC networks),
+# the node's host number its management address's last octet. Each rail is a bridge of the
+# nodes' rail interfaces (lab/rails.py).
+LAB_IPOIB_PATTERN = "10.232.{rail}.0/24"
+
+
+def lab_ipoib_data(node: NodeState) -> dict[str, Any]:
+    from kiln.core.inventory import IPoIB
+    from kiln.lab.rails import RAILS
+
+    if node.role != "gpu":
+        return {}
+    scheme = IPoIB(subnet_pattern=LAB_IPOIB_PATTERN, rails=RAILS)
+    host = int(node.address.rsplit(".", 1)[-1])
+    return {"kiln_ipoib": {"addresses": [str(a) for a in scheme.addresses(host)],
+                           "mtu": scheme.mtu}}
 
 
 # The registry Kraken's origin and build-index read from: in lab tests, Debian's

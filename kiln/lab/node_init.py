@@ -60,12 +60,30 @@ def bind_kernel_log() -> None:
         log(f"kernel log bound (exit {result.returncode})")
 
 
+def load_modules() -> None:
+    """What systemd-modules-load does at boot: `modprobe` each module named in
+    /etc/modules-load.d/*.conf (the lab's modules are simulated: hwsim kmod_install)."""
+    directory = "/etc/modules-load.d"
+    if not os.path.isdir(directory) or not os.path.exists("/usr/sbin/modprobe"):
+        return
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".conf"):
+            continue
+        with open(os.path.join(directory, name)) as conf:
+            for line in conf:
+                module = line.split("#", 1)[0].strip()
+                if module and not line.lstrip().startswith(";"):
+                    result = subprocess.run(["/usr/sbin/modprobe", module])
+                    log(f"modules-load {module}: exit {result.returncode}")
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     os.makedirs("/run/lock", exist_ok=True)
     log(f"booting {os.uname().nodename}")
     bind_kernel_log()
+    load_modules()
     try:
         start_sshd()
     except Exception as exc:  # the node stays up so a human can look at it

@@ -63,6 +63,42 @@ mkdir -p "$root/run/kiln" "$root/run/kiln-hw" "$root/run/kiln-hw-flash" "$root/r
 mount --bind "$KILN_HW" "$root/run/kiln-hw"
 mount -o remount,bind,ro "$root/run/kiln-hw"
 mount --bind "$KILN_HW/flash" "$root/run/kiln-hw-flash"
+# Simulated HCAs (hwsim/sysfs.py): the kernel's /sys/class and /sys/devices cannot gain
+# entries, so each becomes a read-only tmpfs holding binds of every real entry plus the
+# generated ones (links between them are relative, as the kernel's are).
+if [ -d "$KILN_HW/sysfs/class/infiniband" ]; then
+    real="$root/run/kiln/sysfs"
+    mkdir -p "$real"
+    mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$real"
+    for top in class devices module; do
+        mount -t tmpfs -o mode=755,nosuid,nodev,noexec,size=1m tmpfs "$root/sys/$top"
+        for entry in "$real/$top"/* "$KILN_HW/sysfs/$top"/*; do
+            target="$root/sys/$top/${entry##*/}"
+            # A simulated module's entry: a link into the node's /run (dangling until the
+            # module is loaded), copied as a link.
+            if [ -L "$entry" ] && [ "$top" = module ] && [ ! -e "$target" ]; then
+                ln -s "$(readlink "$entry")" "$target"
+                continue
+            fi
+            [ -e "$entry" ] || continue
+            if [ -e "$target" ]; then echo "sysfs: $top/${entry##*/} is the kernel's"; continue; fi
+            if [ -d "$entry" ]; then mkdir "$target"; else touch "$target"; fi
+            mount --bind "$entry" "$target"
+            mount -o remount,bind,ro "$target"
+        done
+        mount -o remount,ro "$root/sys/$top"
+    done
+    umount "$real"
+    rmdir "$real"
+fi
+# Simulated kernel modules (hwsim/tools/kmod_install.py) are listed in this file; it stands
+# in for /proc/modules where the host kernel has one (a kernel built without module support
+# has none, and a file cannot be added to procfs).
+cat /proc/modules > "$root/run/kiln/proc-modules" 2>/dev/null || : > "$root/run/kiln/proc-modules"
+if [ -f "$root/proc/modules" ]; then
+    mount --bind "$root/run/kiln/proc-modules" "$root/proc/modules"
+    mount -o remount,bind,ro "$root/proc/modules"
+fi
 cp "$KILN_INIT" "$root/run/kiln/init"
 cd "$root"
 pivot_root . mnt

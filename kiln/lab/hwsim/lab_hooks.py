@@ -32,6 +32,8 @@ from .profile import (
     refresh_boot_log,
     write_json,
 )
+from .sysfs import write_sysfs
+from .view import MLXCONFIG_ACTIVE, load_view
 
 SEED_ENV = "KILN_LAB_SEED"
 LAB_DIR_ENV = "KILN_LAB_DIR"
@@ -86,6 +88,14 @@ def prepare_node_hardware(
             faults.append({k: v for k, v in fault.items() if k != "node"})
     write_json(directory / "profile.json", profile)
     write_json(directory / "faults.json", {"faults": faults})
+    refresh_sysfs(lab_dir, node_name)
+
+
+def refresh_sysfs(lab_dir: Path, node_name: str) -> None:
+    """Rewrite the node's simulated /sys/class/infiniband tree (hwsim.sysfs) from its
+    profile and faults now: at build, at boot and on every fault change."""
+    directory = hw_path(lab_dir, node_name)
+    write_sysfs(directory, load_view(directory), node_name)
 
 
 def _driver_log(driver: str, profile: dict[str, Any]) -> list[list[Any]]:
@@ -139,12 +149,15 @@ def _apply_flashed(directory: Path, profile: dict[str, Any]) -> list[str]:
         else:
             profile["firmware"][header[0]] = header[1]
         blob.unlink()
-    pending = flash / MLXCONFIG_PENDING
-    if pending.exists():
-        settings = read_json(pending)
-        for hca in profile["hcas"]:
-            hca["mlxconfig"].update(settings.get(hca["name"], {}))
-        pending.unlink()
+    # What `mlxfwreset` made current since the last boot, then what is still pending: a boot
+    # resets every card, so both are current now.
+    for name in (MLXCONFIG_ACTIVE, MLXCONFIG_PENDING):
+        spool = flash / name
+        if spool.exists():
+            settings = read_json(spool)
+            for hca in profile["hcas"]:
+                hca["mlxconfig"].update(settings.get(hca["name"], {}))
+            spool.unlink()
     return notes
 
 
@@ -190,6 +203,7 @@ def on_node_boot(lab_dir: Path, node_name: str, rootfs: Path) -> None:
     write_json(directory / "boot.json", boot)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{boot['boot']}\n", encoding="utf-8")
+    refresh_sysfs(lab_dir, node_name)
 
 
 def apply_fault(lab_dir: Path, node: str, kind: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +222,7 @@ def apply_fault(lab_dir: Path, node: str, kind: str, args: dict[str, Any]) -> di
     faults = _read_faults(directory)
     faults.append(fault)
     write_json(directory / "faults.json", {"faults": faults})
+    refresh_sysfs(lab_dir, node)
     return fault
 
 
@@ -217,6 +232,8 @@ def clear_faults(lab_dir: Path, node: str, kind: str | None = None) -> int:
     faults = _read_faults(directory)
     keep = [f for f in faults if kind is not None and f["kind"] != kind]
     write_json(directory / "faults.json", {"faults": keep})
+    if (directory / "profile.json").exists():
+        refresh_sysfs(lab_dir, node)
     return len(faults) - len(keep)
 
 

@@ -6,6 +6,10 @@ boot.json (written by the lab when the node boots, see lab_hooks.on_node_boot):
     image_boots: N               how many of those were the first boot of a fresh image
     driver: "570.148.08" | null  the NVIDIA kernel module loaded at that boot
     boot_log: [[seconds, line]]  the driver's own kernel lines of that boot
+
+flash/mlxconfig-active.json (written by `mlxfwreset reset` inside the node): mlxconfig values
+a card reset has made current since the last boot, {hca name: {PARAM: value}}; the view
+lays them over the profile's, and the next boot folds them into the profile.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from . import (
 )
 from .faults import apply_faults, fault_log_lines
 from .profile import read_json
+
+MLXCONFIG_ACTIVE = "mlxconfig-active.json"
 
 # Seeds the flaky fault's coin, so a test (or a person reproducing a run) gets the same
 # outcome; unset, every invocation draws afresh, as a flaky node does.
@@ -90,6 +96,13 @@ def load_view(directory: Path | None = None) -> View:
     faults = read_json(faults_path).get("faults", []) if faults_path.exists() else []
     boot_path = directory / "boot.json"
     boot = read_json(boot_path) if boot_path.exists() else {}
+    # In the node the flash spool is /run/kiln-hw-flash, the same directory as flash/ here.
+    flash = Path(os.environ.get(FLASH_DIR_ENV) or directory / "flash")
+    active_path = flash / MLXCONFIG_ACTIVE
+    if active_path.exists():
+        active = read_json(active_path)
+        for hca in profile["hcas"]:
+            hca["mlxconfig"].update(active.get(hca["name"], {}))
     return View(directory, apply_faults(profile, faults), faults, boot)
 
 

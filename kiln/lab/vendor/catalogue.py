@@ -135,6 +135,9 @@ DRIVER_RELEASES: dict[str, tuple[str, ...]] = {
 }
 
 
+PEERMEM_INSTALL = "/usr/lib/kiln-hwsim/kmod-install"
+
+
 def _driver_branch(branch: str, upstream: str) -> list[Package]:
     version = f"{upstream}-1kilnlab1"
     driver = f"nvidia-driver-{branch}-server-open"
@@ -186,10 +189,22 @@ def _driver_branch(branch: str, upstream: str) -> list[Package]:
             section="non-free/kernel",
             description=f"Shared files used with the kernel module, {branch} server branch"
             " (simulated)",
+            # modprobe runs the lab's stand-in for inserting nvidia-peermem (hwsim
+            # tools/kmod_install.py): the node shares the host's kernel.
+            depends=(HWSIM_DEP, "kmod"),
+            tools=((PEERMEM_INSTALL, "kmod_install"),),
             files=(
                 (
                     "/lib/udev/rules.d/60-nvidia.rules",
                     "# simulated: the lab's GPUs have no device nodes\n",
+                    0o644,
+                ),
+                (
+                    "/etc/modprobe.d/kiln-lab-nvidia-peermem.conf",
+                    "# kiln lab (simulated): the node runs the host's kernel, which has no\n"
+                    "# nvidia-peermem; loading it records the load (/proc/modules as the node\n"
+                    "# sees it) instead.\n"
+                    f"install nvidia_peermem {PEERMEM_INSTALL} nvidia_peermem $CMDLINE_OPTS\n",
                     0o644,
                 ),
             ),
@@ -499,12 +514,14 @@ def _ofed(release: OfedRelease) -> list[Package]:
             name="mft",
             version=kv(release.mft),
             section="net",
-            description="NVIDIA firmware tools: mlxconfig, mlxfwmanager, flint (simulated)",
+            description="NVIDIA firmware tools: mlxconfig, mlxfwmanager, flint, mlxfwreset "
+            "(simulated)",
             depends=(HWSIM_DEP,),
             tools=(
                 ("/usr/bin/mlxconfig", "mlxconfig"),
                 ("/usr/bin/mlxfwmanager", "mlxfwmanager"),
                 ("/usr/bin/flint", "flint"),
+                ("/usr/bin/mlxfwreset", "mlxfwreset"),
             ),
             homepage=homepage,
         ),
@@ -632,4 +649,5 @@ OS_PACKAGES: tuple[str, ...] = (
     "jq",
     "pciutils",
     "ipmitool",
+    "kmod",  # modprobe: the simulated NVIDIA kernel-common package depends on it
 )

@@ -53,7 +53,9 @@ class InfinibandSysfs(FactBase):
         return parse_fact_output(parse_sysfs_infiniband, output)
 
 
-# Kernel modules whose presence the fabric stage reads (as /proc/modules names them).
+# Kernel modules whose presence the fabric stage reads (as /proc/modules names them). A
+# module is loaded when /proc/modules lists it or its /sys/module/<name>/initstate says
+# "live" (what modprobe itself asks; a kernel may show one and not the other).
 MODULES = ("nvidia_peermem", "ib_ipoib", "mlx5_ib")
 
 # One round trip for everything the stage reads about the HCAs (parsers.parse_hca_report).
@@ -75,8 +77,10 @@ HCA_REPORT = (
     "echo \"### kiln mlxconfig $c\"; mlxconfig -d \"$c\" -e q 2>&1; done; "
     "else echo '### kiln mlxconfig missing'; fi; "
     "echo '### kiln modules'; "
-    "cut -d' ' -f1 /proc/modules 2>/dev/null | grep -x " + " ".join(f"-e {m}" for m in MODULES)
-    + "; "
+    "{ cut -d' ' -f1 /proc/modules 2>/dev/null; "
+    f"for m in {' '.join(MODULES)}; do "
+    "[ \"$(cat /sys/module/$m/initstate 2>/dev/null)\" = live ] && echo $m; done; } "
+    "| grep -x " + " ".join(f"-e {m}" for m in MODULES) + " | sort -u; "
     "echo '### kiln os'; (. /etc/os-release 2>/dev/null && echo \"$ID\"); true"
 )
 

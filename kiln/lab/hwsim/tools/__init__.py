@@ -15,6 +15,8 @@ TOOLS = {
     "mlxconfig": "mlxconfig",
     "mlxfwmanager": "mlxfwmanager",
     "flint": "flint",
+    "mlxfwreset": "mlxfwreset",
+    "kmod-install": "kmod_install",  # modprobe's install rule (/usr/lib/kiln-hwsim)
     "all_reduce_perf": "all_reduce_perf",
     "ib_write_bw": "ib_write_bw",
     "dmesg": "dmesg",
