@@ -178,3 +178,48 @@ def test_a_port_ufm_calls_unhealthy_fails_the_node_naming_switch_and_port(fabric
     assert any(hca["name"] in line and "switch" in line and "port" in line
                for line in failures), run.stdout[-4000:]
     print("\n".join(failures))
+
+
+# -- the tenant partition --------------------------------------------------------------------
+
+PKEY = {"pkey": "0x0a12", "name": "tenant-a", "members": {"gpu-004": "limited"}}
+
+
+def port_guids(state, node: str) -> list[str]:
+    return [hca["ports"][0]["port_guid"] for hca in profile(state, node)["hcas"]]
+
+
+def set_pkey(fabric: Fabric, nodes: list[str]) -> subprocess.CompletedProcess[str]:
+    ports = {node: port_guids(fabric.state, node) for node in nodes}
+    return subprocess.run(
+        [str(fabric.labtools.bin / "pyinfra"), "-y", "inventory/lab.py",
+         "tests/lab/pkey_deploy.py", "--limit", "gpu-001",
+         "--data", f"kiln_ufm_pkeys={json.dumps([PKEY])}",
+         "--data", f"test_pkey_ports={json.dumps(ports)}"],
+        cwd=fabric.labtools.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=300)
+
+
+def members(fabric: Fabric) -> dict[str, str]:
+    answer = fabric.ufm("GET", "resources/pkeys/0x0a12", params={"guids_data": "true"}).json()
+    return {entry["guid"].lower().removeprefix("0x"): entry["membership"]
+            for entry in answer.get("guids", [])}
+
+
+def expected(fabric: Fabric, nodes: list[str]) -> dict[str, str]:
+    return {guid.lower().removeprefix("0x"): PKEY["members"].get(node, "full")
+            for node in nodes for guid in port_guids(fabric.state, node)}
+
+
+def test_the_tenant_pkey_holds_exactly_the_guids_asked_for(fabric, first_run):
+    first = set_pkey(fabric, ["gpu-001", "gpu-003", "gpu-004"])
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert members(fabric) == expected(fabric, ["gpu-001", "gpu-003", "gpu-004"])
+    again = set_pkey(fabric, ["gpu-001", "gpu-003", "gpu-004"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    [total] = [line for line in again.stdout.splitlines() if "Grand total" in line]
+    assert total.split()[-4:] == ["1", "-", "-", "1"], total  # the one operation: no change
+    # A node leaves (quarantine, reprovision): only its 8 GUIDs go.
+    shrunk = set_pkey(fabric, ["gpu-001", "gpu-004"])
+    assert shrunk.returncode == 0, shrunk.stdout[-3000:]
+    assert members(fabric) == expected(fabric, ["gpu-001", "gpu-004"])
