@@ -10,6 +10,7 @@ run) and yields only what must change; writes happen only in the yielded command
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from io import StringIO
 from typing import Any
 
@@ -21,7 +22,8 @@ from pyinfra.context import state as current_state
 from pyinfra.operations import files
 
 from kiln.core.checkrun import check_commands, mark_ran
-from kiln.core.context import node_context
+from kiln.core.checks import CheckResult
+from kiln.core.context import NodeContext, node_context
 from kiln.core.errors import KilnError
 from kiln.core.manifest import HCATopology
 from kiln.core.outcomes import fail, fail_host, preview
@@ -29,10 +31,13 @@ from kiln.core.parsing import ParseError
 from kiln.roles.base.operations import node_readable
 from kiln.roles.bmc import operations as bmc_operations
 from kiln.roles.infiniband import ipoib as ipoib_config
-from kiln.roles.infiniband.checks import CHECK_NAME, check_fabric, rails
+from kiln.roles.infiniband.checks import CHECK_NAME, FabricCheck, check_fabric, rails
 from kiln.roles.infiniband.facts import HCA_REPORT, HcaReport, MlxFwResetQuery
 from kiln.roles.infiniband.mlxsettings import not_taken, plan_settings
 from kiln.roles.infiniband.parsers import parse_hca_report
+from kiln.roles.ufm.checks import switch_ends
+from kiln.roles.ufm.settings import fabric_manager as ufm_fabric_manager
+from kiln.roles.ufm.view import fabric_view
 
 logger = logging.getLogger("pyinfra")
 
@@ -208,12 +213,31 @@ def fabric_check(expect: HCATopology):  # noqa: ANN201
     # When it ran, for the UFM check after it: its event window starts here (see
     # roles.infiniband.infiniband). Memory only, for this run.
     mark_ran(host, CHECK_NAME)
-    result = check_fabric(report["hcas"], expect, ctx.label)
+    result = _with_switch_ends(check_fabric(report["hcas"], expect, ctx.label), ctx)
     commands = check_commands(result.combined, str(ctx.ledger_path), ctx.label, CHECK_NAME,
                               title=f"node {ctx.label}: fabric check")
     if not commands:
         host.noop(f"fabric: {result.summary()}")
     yield from commands
+
+
+def _with_switch_ends(result: FabricCheck, ctx: NodeContext) -> FabricCheck:
+    """A failing HCA's result names the switch port at the far end of its cable, as UFM
+    knows it: where the technician goes (a port down on the node is the same visit)."""
+    failing = [r for r in result.results if not r.ok and _port_guid(r)]
+    if not failing or ctx.ufm_server is None or ufm_fabric_manager(ctx) != "ufm":
+        return result
+    try:
+        ends = switch_ends(fabric_view(host), [_port_guid(r) for r in failing])
+    except (KilnError, OSError):
+        return result  # the UFM check that follows says UFM could not be read
+    named = tuple(replace(r, subject=replace(r.subject, peer=ends[_port_guid(r)]))
+                  if not r.ok and _port_guid(r) in ends else r for r in result.results)
+    return replace(result, results=named)
+
+
+def _port_guid(result: CheckResult) -> str | None:
+    return dict(result.subject.ids).get("port GUID")
 
 
 def rail_ports(expect: HCATopology) -> list[tuple[str, str]] | None:

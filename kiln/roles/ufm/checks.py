@@ -105,6 +105,33 @@ def _not(text: str) -> str | None:
     return None if text in ("N/A", "n/a", "") else text
 
 
+def switch_end(ports: dict[str, Port], port: Port) -> Peer | None:
+    """The switch port at the far end of a host port, as UFM names it; None when UFM knows
+    no peer."""
+    peer = ports.get(port.peer or "") if port.has_peer else None
+    switch = _not((peer.system_name if peer else None) or port.peer_node_name or "")
+    switch_guid = _not((peer.system_id if peer else None) or port.peer_node_guid or "")
+    switch_port = _not((peer.label if peer else None) or port.peer_port_dname or "")
+    if not (switch or switch_guid):
+        return None
+    return Peer("switch", switch, switch_guid, switch_port)
+
+
+def switch_ends(view: FabricView, guids: Iterable[str]) -> dict[str, Peer]:
+    """port GUID (as given) -> the switch port at its far end, for the GUIDs UFM knows."""
+    host_ports, ports = view.host_ports(), view.ports()
+    found = {}
+    for guid in guids:
+        try:
+            port = host_ports.get(normalise_guid(guid))
+        except ValueError:
+            continue
+        end = switch_end(ports, port) if port is not None else None
+        if end is not None:
+            found[guid] = end
+    return found
+
+
 def check_port(view: FabricView, node: str, hca: str, guid: str, expected: Expected,
                since: float | None) -> CheckResult:
     """One HCA port, as UFM sees it."""
@@ -135,12 +162,11 @@ def check_port(view: FabricView, node: str, hca: str, guid: str, expected: Expec
                                        "in at both ends and the switch port is enabled; "
                                        "reseat it"))
     peer = ports.get(port.peer or "") if port.has_peer else None
-    switch = _not((peer.system_name if peer else None) or port.peer_node_name or "")
-    switch_guid = _not((peer.system_id if peer else None) or port.peer_node_guid or "")
-    switch_port = _not((peer.label if peer else None) or port.peer_port_dname or "")
-    if switch or switch_guid:
-        subject = Subject(node, "HCA", hca, (("port GUID", guid),),
-                          Peer("switch", switch, switch_guid, switch_port))
+    end = switch_end(ports, port)
+    switch, switch_guid = (end.name, end.guid) if end else (None, None)
+    switch_port = end.port if end else None
+    if end is not None:
+        subject = Subject(node, "HCA", hca, (("port GUID", guid),), end)
     where = (f"switch {switch or '?'} port {switch_port or '?'}" if switch or switch_guid
              else "its switch port")
     cable = Remediation(Action.CHECK_CABLE, f"reseat the cable between HCA {hca} and {where}"

@@ -13,7 +13,7 @@ from ufm_served import ENV, Served, make_lab
 from kiln.core.checks import Action, Status
 from kiln.core.ledger import Ledger
 from kiln.lab.hwsim import lab_hooks
-from kiln.roles.ufm.checks import CHECK_NAME, Expected, check_node
+from kiln.roles.ufm.checks import CHECK_NAME, Expected, check_node, switch_ends
 from kiln.roles.ufm.operations import events_since
 from kiln.roles.ufm.settings import client_for
 from kiln.roles.ufm.view import FabricView, fabric_view
@@ -176,3 +176,12 @@ def test_a_run_reads_each_resource_once_whatever_the_number_of_nodes(ufm, tmp_pa
     ufm.reset_counts()
     run_checks(ufm, tmp_path, ["gpu-001", "gpu-002"])  # a new run reads afresh
     assert sum(ufm.requests.values()) == 3
+
+
+def test_switch_ends_name_the_switch_port_of_each_known_guid(ufm, tmp_path):
+    # What the node-side check adds to a failing HCA: where its cable ends.
+    ports = dict(ufm.hca_ports("gpu-003"))
+    ends = switch_ends(view_of(ufm, tmp_path, "gpu-003"), [ports["mlx5_6"], "0x1234"])
+    assert list(ends) == [ports["mlx5_6"]]
+    end = ends[ports["mlx5_6"]]
+    assert (end.name, end.port) == ("leaf-rail6", "2/1") and end.guid.startswith("fc6a1c0300")
