@@ -41,6 +41,7 @@ PACKAGES = [
     "less",
     "iputils-ping",
     "curl",
+    "kmod",  # modprobe: every server image has it (the simulated NVIDIA package's rule)
     "systemctl",  # docker-systemctl-replacement: runs unit files without systemd as PID 1
 ]
 # Bump when the tweaks in _customize() change: a new number rebuilds the cached base.

@@ -189,9 +189,10 @@ def _driver_branch(branch: str, upstream: str) -> list[Package]:
             section="non-free/kernel",
             description=f"Shared files used with the kernel module, {branch} server branch"
             " (simulated)",
-            # modprobe runs the lab's stand-in for inserting nvidia-peermem (hwsim
-            # tools/kmod_install.py): the node shares the host's kernel.
-            depends=(HWSIM_DEP, "kmod"),
+            # modprobe (kmod, in every server image and the lab's base) runs the lab's
+            # stand-in for inserting nvidia-peermem (hwsim tools/kmod_install.py): the
+            # node shares the host's kernel.
+            depends=(HWSIM_DEP,),
             tools=((PEERMEM_INSTALL, "kmod_install"),),
             files=(
                 (
@@ -649,5 +650,4 @@ OS_PACKAGES: tuple[str, ...] = (
     "jq",
     "pciutils",
     "ipmitool",
-    "kmod",  # modprobe: the simulated NVIDIA kernel-common package depends on it
 )

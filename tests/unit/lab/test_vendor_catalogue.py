@@ -23,7 +23,7 @@ for _package in PACKAGES:
 PROVIDED = {virtual for package in PACKAGES for virtual in package.provides}
 # Debian packages the vendor packages may depend on: the node base image has them, and the
 # OS mirror carries them for nodes that lack them.
-DEBIAN_DEPENDENCIES = {"python3", "adduser", "openmpi-bin", "kmod"}  # kmod: OS_PACKAGES
+DEBIAN_DEPENDENCIES = {"python3", "adduser", "openmpi-bin"}
 RELATION = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9+.-]+)(?: \((?P<op><<|<=|=|>=|>>) (?P<ver>\S+)\))?$"
 )
