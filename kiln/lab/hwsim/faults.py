@@ -49,6 +49,15 @@ def _hca(required: bool = True) -> Field:
     return Field(int, required, None, lambda v: 0 <= v < 8, "an HCA index 0-7 (mlx5_N)")
 
 
+# What a GPU's graphics/SM clock is held at by a hardware slowdown: NVML documents HW
+# Slowdown and HW Thermal Slowdown as "reducing the core clocks by a factor of 2 or more",
+# so half of the H100's 1980 MHz maximum at most.
+HW_SLOWDOWN_CLOCK_MHZ = 990
+
+# The simulated tools a `tool-hang` fault can stop (their module names in tools/, dashed).
+HANGING_TOOLS = ("nvidia-smi", "dcgmi", "ibstat", "dmesg", "mlxconfig", "all_reduce_perf",
+                 "ib_write_bw")
+
 # kind -> (fields, one line saying what it changes: the table in lab/README.md)
 KINDS: dict[str, tuple[dict[str, Field], str]] = {
     "ecc-uncorrectable": (
@@ -149,10 +158,74 @@ KINDS: dict[str, tuple[dict[str, Field], str]] = {
         {"p": Field(float, True, None, lambda v: 0 < v <= 1, "a probability in (0, 1]")},
         "dcgmi diag, all_reduce_perf and ib_write_bw fail with probability p",
     ),
+    "tool-hang": (
+        {"tool": Field(str, True, None, lambda v: v in HANGING_TOOLS,
+                       "one of " + ", ".join(HANGING_TOOLS))},
+        "that tool never returns (as nvidia-smi or dcgmi do on a GPU stuck in a bad state: "
+        "the process sleeps uninterruptibly until the node is reset)",
+    ),
     "boot-fail": (
         {"first_ok": Field(int, False, 1, lambda v: v >= 0, "a count >= 0")},
         "the node's image boots after the first `first_ok` fail (the lab's on_node_boot "
         "raises NodeBootFailed)",
+    ),
+    "ecc-correctable-storm": (
+        {
+            "gpu": _gpu(),
+            "count": Field(int, False, 25000, lambda v: v >= 1, "a count >= 1"),
+            "memory": Field(str, False, "dram", lambda v: v in ("dram", "sram"), "dram or sram"),
+            "sm_clock": Field(
+                int, False, HW_SLOWDOWN_CLOCK_MHZ,
+                lambda v: 100 <= v <= HW_SLOWDOWN_CLOCK_MHZ,
+                f"MHz, 100-{HW_SLOWDOWN_CLOCK_MHZ} (HW Slowdown halves the clock or more)",
+            ),
+            "at": Field(float, False, None, lambda v: v >= 0, "seconds since boot"),
+        },
+        "a straggler: that GPU's correctable ECC counters up by count, Xid 92 in dmesg, "
+        "graphics/SM clocks held at sm_clock (HW Slowdown Active)",
+    ),
+    "gpu-lost": (
+        {
+            "gpu": _gpu(),
+            "at": Field(float, False, None, lambda v: v >= 0, "seconds since boot"),
+        },
+        "that GPU fell off the bus: Xid 79 lines in dmesg; nvidia-smi cannot get its handle "
+        "(every query naming it fails); the driver sees the other 7",
+    ),
+    "pcie-gen": (
+        {
+            "gpu": Field(int, False, None, lambda v: 0 <= v < 8, "a GPU index 0-7"),
+            "hca": Field(int, False, None, lambda v: 0 <= v < 8, "an HCA index 0-7"),
+            "gen": Field(int, False, 4, lambda v: 1 <= v <= 4, "a PCIe generation 1-4"),
+        },
+        "a GPU: its current PCIe generation (nvidia-smi); an HCA: sysfs current_link_speed "
+        "and its boot-log PCIe line",
+    ),
+    "thermal-throttle": (
+        {
+            "gpu": _gpu(),
+            "temp": Field(int, False, 92, lambda v: 70 <= v <= 100, "degrees C, 70-100"),
+        },
+        "that GPU's temperature (and T.Limit margin), HW/SW Thermal Slowdown Active, "
+        "graphics/SM clocks halved",
+    ),
+    "fabric-manager-down": (
+        {
+            "when": Field(
+                str, False, "boot", lambda v: v in ("boot", "later"), "boot or later"
+            ),
+        },
+        "nv-fabricmanager exits (the unit fails); when=boot: GPUs' Fabric State In Progress, "
+        "CUDA jobs fail (802); when=later: Fabric stays Completed",
+    ),
+    "peermem-unloaded": (
+        {"at": Field(float, False, None, lambda v: v >= 0, "seconds since boot")},
+        "nvidia_peermem is not loaded and `modprobe nvidia_peermem` fails (Invalid "
+        "argument); its symbol-version lines in dmesg",
+    ),
+    "kernel-log-rotate": (
+        {"drop": Field(int, False, 40, lambda v: v >= 1, "a number of lines >= 1")},
+        "the kernel ring buffer wrapped: dmesg lacks its oldest `drop` lines",
     ),
 }
 
@@ -206,7 +279,7 @@ def validate_fault(entry: Any, where: str, with_node: bool = True) -> dict[str, 
         if spec.check is not None and not spec.check(value):
             raise FaultError(f"{label}: field {name!r}: {value!r} is not {spec.hint}")
         out[name] = value
-    if kind == "pcie-width" and (out["gpu"] is None) == (out["hca"] is None):
+    if kind in ("pcie-width", "pcie-gen") and (out["gpu"] is None) == (out["hca"] is None):
         raise FaultError(f"{label}: name exactly one of fields 'gpu' and 'hca'")
     if kind == "firmware-version":
         _check_firmware_fault(out, label)
@@ -285,6 +358,12 @@ def check_against_profile(fault: dict[str, Any], profile: dict[str, Any], where:
             )
     if fault["kind"] in ("nvlink-degraded", "gpu-wrong-results") and not profile["gpus"]:
         raise FaultError(f"{where}: node {profile['node']} has no GPUs")
+    if fault["kind"] == "fabric-manager-down" and not profile["nvswitches"]:
+        raise FaultError(f"{where}: node {profile['node']} has no NVSwitches (no fabric "
+                         "manager runs there)")
+    if fault["kind"] == "peermem-unloaded" and not (profile["gpus"] and profile["hcas"]):
+        raise FaultError(f"{where}: node {profile['node']} has no GPUs and HCAs (nvidia_peermem "
+                         "is not used there)")
 
 
 def apply_firmware_fault(profile: dict[str, Any], fault: dict[str, Any]) -> None:
@@ -328,8 +407,34 @@ SXID_TEXT = {
 }
 
 
+# Xids the driver reports from its own error handling, not from a process (the kernel line
+# says pid='<unknown>', name=<unknown>).
+XID_NO_PROCESS = (48, 63, 64, 79, 92, 94, 95)
+
+# What the kernel's module loader prints for each symbol nvidia_peermem cannot bind when the
+# running ib_core exports another version of the peer-memory API (after an OFED or kernel
+# change): two symbols, two lines each (gpu-operator issue 2868, a GB300 node's dmesg).
+PEERMEM_SYMBOLS = ("ib_register_peer_memory_client", "ib_unregister_peer_memory_client")
+
+
+def _xid_lines(gpu: dict[str, Any], code: int, text: str, when: float) -> list[tuple[float, str]]:
+    bus = gpu["pci_bus_id"][9:11].lower()
+    who = "pid='<unknown>', name=<unknown>" if code in XID_NO_PROCESS \
+        else "pid=4172, name=python3"
+    lines = []
+    if code == 79:
+        lines.append((when, f"NVRM: GPU at PCI:0000:{bus}:00: {gpu['uuid']}"))
+        lines.append((when, f"NVRM: GPU Board Serial Number: {gpu['serial']}"))
+    lines.append((when, f"NVRM: Xid (PCI:0000:{bus}:00): {code}, {who}, {text}"))
+    return lines
+
+
 def fault_log_lines(profile: dict[str, Any], faults: list[dict]) -> list[tuple[float, str]]:
-    """The kernel lines the faults add to the boot log, with their times since boot."""
+    """The kernel lines the faults add to the boot log, with their times since boot.
+
+    A line may hold newlines: one kernel record printed on several lines (dmesg indents
+    the continuation lines under the first).
+    """
     lines = []
     for n, fault in enumerate(faults):
         at = fault.get("at")
@@ -337,14 +442,25 @@ def fault_log_lines(profile: dict[str, Any], faults: list[dict]) -> list[tuple[f
         kind = fault["kind"]
         if kind == "xid":
             gpu = profile["gpus"][fault["gpu"]]
-            bus = gpu["pci_bus_id"][9:11].lower()
             text = fault.get("message") or XID_TEXT.get(fault["code"], "Unknown error")
-            who = "pid='<unknown>', name=<unknown>" if fault["code"] in (79, 48, 63, 64, 94, 95) \
-                else "pid=4172, name=python3"
-            if fault["code"] == 79:
-                lines.append((when, f"NVRM: GPU at PCI:0000:{bus}:00: {gpu['uuid']}"))
-                lines.append((when, f"NVRM: GPU Board Serial Number: {gpu['serial']}"))
-            lines.append((when, f"NVRM: Xid (PCI:0000:{bus}:00): {fault['code']}, {who}, {text}"))
+            lines += _xid_lines(gpu, fault["code"], text, when)
+        elif kind == "ecc-correctable-storm":
+            lines += _xid_lines(profile["gpus"][fault["gpu"]], 92, XID_TEXT[92], when)
+        elif kind == "gpu-lost":
+            # What a node logs when a GPU falls off the bus (a real capture, driver
+            # 535.161.07: akash-network/support issue 209): the Xid 79 lines, the driver's
+            # own line, and the crash-dump notice, one record of three lines.
+            gpu = profile["gpus"][fault["gpu"]]
+            lines += _xid_lines(gpu, 79, XID_TEXT[79], when)
+            lines.append((when, f"NVRM: GPU {gpu['pci_bus_id'][4:].lower()}: GPU has fallen "
+                                "off the bus."))
+            lines.append((when, "NVRM: A GPU crash dump has been created. If possible, please "
+                                "run\nNVRM: nvidia-bug-report.sh as root to collect this data "
+                                "before\nNVRM: the NVIDIA kernel module is unloaded."))
+        elif kind == "peermem-unloaded":
+            for symbol in PEERMEM_SYMBOLS:
+                lines.append((when, f"nvidia_peermem: disagrees about version of symbol {symbol}"))
+                lines.append((when, f"nvidia_peermem: Unknown symbol {symbol} (err -22)"))
         elif kind == "sxid":
             switch = profile["nvswitches"][fault["nvswitch"]]
             severity = "Fatal" if fault["fatal"] else "Non-fatal"
@@ -364,11 +480,19 @@ def apply_faults(profile: dict[str, Any], faults: list[dict]) -> dict[str, Any]:
     """The view the tools print: a copy of `profile` with every active fault's effect.
 
     Effects without a field of their own in the profile schema land under the copy's
-    `sim` key: per-GPU `wrong_results` and `nvlink_factor`, node-wide `flaky_p`.
+    `sim` key: per-GPU `wrong_results`, `nvlink_factor` and `lost_gpus`; node-wide
+    `flaky_p`, `fabric` ({state, status} of every GPU's fabric probe, as nvidia-smi -q's
+    Fabric section prints it), `fabric_manager_down`, `peermem_unloaded` and `log_drop`
+    (how many of the kernel log's oldest lines the ring buffer has lost).
     """
     view = copy.deepcopy(profile)
-    sim: dict[str, Any] = {"flaky_p": 0.0, "wrong_results": set(), "nvlink_factor": {}}
+    sim: dict[str, Any] = {"flaky_p": 0.0, "wrong_results": set(), "nvlink_factor": {},
+                           "lost_gpus": set(), "fabric": {"state": "Completed",
+                                                          "status": "Success"},
+                           "fabric_manager_down": False, "peermem_unloaded": False,
+                           "log_drop": 0}
     view["sim"] = sim
+    narrowed: list[dict[str, Any]] = []
     for fault in faults:
         kind = fault["kind"]
         gpu = view["gpus"][fault["gpu"]] if fault.get("gpu") is not None and view["gpus"] else None
@@ -379,6 +503,33 @@ def apply_faults(profile: dict[str, Any], faults: list[dict]) -> dict[str, Any]:
             gpu["ecc"]["aggregate"][key] += fault["count"]
             if fault["memory"] == "sram":
                 gpu["ecc"]["sram_sources"]["other"] += fault["count"]
+        elif kind == "ecc-correctable-storm" and gpu:
+            key = "dram_correctable" if fault["memory"] == "dram" else "sram_correctable"
+            gpu["ecc"]["volatile"][key] += fault["count"]
+            gpu["ecc"]["aggregate"][key] += fault["count"]
+            # No NVML clocks-event reason names ECC. A GPU held below its requested clock
+            # by the hardware, with neither the thermal nor the power-brake cause, is what
+            # nvidia-smi shows as "HW Slowdown: Active" with both of its sub-reasons Not
+            # Active (NVML: "HW Slowdown (reducing the core clocks by a factor of 2 or more)
+            # is engaged"); not SW Power Cap or SW Thermal, which name a software limit the
+            # GPU is not at.
+            _hold_clocks(gpu, fault["sm_clock"])
+            gpu["clock_event_reasons"]["hw_slowdown"] = True
+        elif kind == "thermal-throttle" and gpu:
+            temp = gpu["temperature"]
+            # "GPU T.Limit Temp" is the margin below the GPU's own limit: it falls as the
+            # temperature rises. A GPU in HW thermal slowdown is at or past the slowdown
+            # margin (-2 C on an H100) and short of the shutdown one (-8 C).
+            margin = temp["tlimit"] + temp["gpu"] - fault["temp"]
+            temp["tlimit"] = min(-2, max(-7, margin))
+            temp["gpu"] = fault["temp"]
+            # NVML lists a too-high temperature as a cause of HW Slowdown as well as of HW
+            # Thermal Slowdown, and nvidia-smi prints the latter under the former.
+            reasons = gpu["clock_event_reasons"]
+            reasons.update(hw_slowdown=True, hw_thermal_slowdown=True, sw_thermal_slowdown=True)
+            _hold_clocks(gpu, gpu["clocks"]["max_graphics"] // 2)
+        elif kind == "gpu-lost" and gpu:
+            sim["lost_gpus"].add(gpu["index"])
         elif kind in ("row-remap-pending", "row-remap-failed") and gpu:
             rows = gpu["remapped_rows"]
             rows["uncorrectable"] += 1
@@ -403,26 +554,81 @@ def apply_faults(profile: dict[str, Any], faults: list[dict]) -> dict[str, Any]:
             port.update(state="Down", phys_state=fault["phys"], rate=10, lid=65535, sm_lid=0)
         elif kind == "hca-rate" and hca:
             hca["ports"][0]["rate"] = fault["rate"]
-        elif kind == "pcie-width":
+        elif kind in ("pcie-width", "pcie-gen"):
+            field, value = ("width_current", fault["width"]) if kind == "pcie-width" \
+                else ("gen_current", fault["gen"])
             if gpu:
-                gpu["pcie"]["width_current"] = fault["width"]
+                gpu["pcie"][field] = value
             elif hca:
-                hca["pcie"]["width_current"] = fault["width"]
-                _narrow_pcie_log_line(view, hca, fault["width"])
+                hca["pcie"][field] = value
+                narrowed.append(hca)
         elif kind == "flaky":
             sim["flaky_p"] = max(sim["flaky_p"], fault["p"])
+        elif kind == "fabric-manager-down":
+            sim["fabric_manager_down"] = True
+            if fault["when"] == "boot":
+                # FM never registered the GPUs this boot: each GPU's fabric probe stays
+                # "In Progress" (NVSentinel issues 883/889: an H100 node whose FM failed at
+                # boot; fabric.state stuck "In Progress"), and its status is only defined
+                # once the probe completes (NVML: "must be checked only if Probe state
+                # returns complete"), so nvidia-smi prints N/A. An FM that dies after
+                # registration leaves the GPUs Completed/Success (the state does not revert).
+                sim["fabric"] = {"state": "In Progress", "status": "N/A"}
+        elif kind == "peermem-unloaded":
+            sim["peermem_unloaded"] = True
+        elif kind == "kernel-log-rotate":
+            sim["log_drop"] = max(sim["log_drop"], fault["drop"])
+    for hca in narrowed:
+        _narrow_pcie_log_line(view, hca)
     sim["wrong_results"] = sorted(sim["wrong_results"])
+    sim["lost_gpus"] = sorted(sim["lost_gpus"])
     return view
 
 
-def _narrow_pcie_log_line(view: dict[str, Any], hca: dict[str, Any], width: int) -> None:
-    """The kernel's own words for a card that trained below its capable width."""
+def _hold_clocks(gpu: dict[str, Any], mhz: int) -> None:
+    """A GPU held by a slowdown: its graphics and SM clocks at most `mhz`. The lab's GPUs
+    idle at 345 MHz, below any hold, and a slowdown shows on a busy GPU, so a held GPU is
+    shown busy: clocks at the held value, the Idle reason Not Active."""
+    clocks, reasons = gpu["clocks"], gpu["clock_event_reasons"]
+    if reasons["idle"]:
+        reasons["idle"] = False
+        clocks["graphics"] = clocks["sm"] = mhz
+    else:
+        clocks["graphics"] = min(clocks["graphics"], mhz)
+        clocks["sm"] = min(clocks["sm"], mhz)
+
+
+# PCIe generation -> (the kernel's speed spelling, Mb/s one lane carries after line coding:
+# the kernel's PCIE_SPEED2MBS_ENC, integer arithmetic as the kernel does it).
+PCIE_GEN = {
+    1: ("2.5 GT/s", 2500 * 8 // 10),
+    2: ("5.0 GT/s", 5000 * 8 // 10),
+    3: ("8.0 GT/s", 8000 * 128 // 130),
+    4: ("16.0 GT/s", 16000 * 128 // 130),
+    5: ("32.0 GT/s", 32000 * 128 // 130),
+}
+
+
+def _gbps(gen: int, width: int) -> str:
+    mbps = PCIE_GEN[gen][1] * width
+    return f"{mbps // 1000}.{mbps % 1000:03d}"
+
+
+def _narrow_pcie_log_line(view: dict[str, Any], hca: dict[str, Any]) -> None:
+    """The kernel's own words (pcie_print_link_status) for a card that trained below its
+    capable speed or width: 'limited by <speed> PCIe x<width> link at <the upstream port>'."""
+    pcie = hca["pcie"]
+    gen_max, width_max = pcie["gen"], pcie["width_max"]
+    gen, width = pcie.get("gen_current", gen_max), pcie["width_current"]
+    if (gen, width) == (gen_max, width_max):
+        return
     prefix = f"mlx5_core {hca['pci_bdf']}: "
-    gbs = 504.112 * width / 16
     for entry in view["boot_log"]:
         if entry[1].startswith(prefix) and "available PCIe bandwidth" in entry[1]:
             entry[1] = (
-                f"{prefix}{gbs:.3f} Gb/s available PCIe bandwidth, limited by 32.0 GT/s PCIe "
-                f"x{width} link at {hca['pci_bdf'][:5]}{int(hca['pci_bdf'][5:7], 16) - 1:02x}"
-                ":01.0 (capable of 504.112 Gb/s with 32.0 GT/s PCIe x16 link)"
+                f"{prefix}{_gbps(gen, width)} Gb/s available PCIe bandwidth, limited by "
+                f"{PCIE_GEN[gen][0]} PCIe x{width} link at {hca['pci_bdf'][:5]}"
+                f"{int(hca['pci_bdf'][5:7], 16) - 1:02x}:01.0 (capable of "
+                f"{_gbps(gen_max, width_max)} Gb/s with {PCIE_GEN[gen_max][0]} PCIe "
+                f"x{width_max} link)"
             )

@@ -259,7 +259,7 @@ def fault_command(argv: list[str]) -> int:
     """`kiln lab fault …`: the lab CLI dispatches here."""
     lab_dir = Path(os.environ.get(LAB_DIR_ENV, DEFAULT_LAB_DIR))
     if not argv or argv[0] in ("-h", "--help", "--list"):
-        text = USAGE + "".join(f"  {kind:18} {doc}\n" for kind, (_, doc) in KINDS.items())
+        text = USAGE + "".join(f"  {kind:22} {doc}\n" for kind, (_, doc) in KINDS.items())
         print(text, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if len(argv) < 2:

@@ -62,7 +62,8 @@ HW_COUNTERS = (
     "rx_write_requests",
 )
 # PCIe generation -> the kernel's current_link_speed spelling (pci_speed_string()).
-PCIE_SPEEDS = {3: "8.0 GT/s PCIe", 4: "16.0 GT/s PCIe", 5: "32.0 GT/s PCIe"}
+PCIE_SPEEDS = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe",
+               4: "16.0 GT/s PCIe", 5: "32.0 GT/s PCIe"}
 MELLANOX_VENDOR = "0x15b3"
 CX7_DEVICE = "0x1021"
 IB_NETWORK_CLASS = "0x020700"  # Network controller: InfiniBand
@@ -108,11 +109,13 @@ def sysfs_entries(view: View, node_name: str) -> tuple[dict[str, str], dict[str,
         device = f"devices/{pci_path(bdf)}"
         pcie = hca["pcie"]
         speed = PCIE_SPEEDS.get(pcie.get("gen", 5), PCIE_SPEEDS[5])
+        # The generation the link trained at (the `pcie-gen` fault lowers it in the view).
+        current = PCIE_SPEEDS.get(pcie.get("gen_current", pcie.get("gen", 5)), speed)
         files.update({
             f"{device}/vendor": MELLANOX_VENDOR,
             f"{device}/device": CX7_DEVICE,
             f"{device}/class": IB_NETWORK_CLASS,
-            f"{device}/current_link_speed": speed,
+            f"{device}/current_link_speed": current,
             f"{device}/current_link_width": str(pcie["width_current"]),
             f"{device}/max_link_speed": speed,
             f"{device}/max_link_width": str(pcie["width_max"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,20 @@ class View:
 
     @property
     def gpus(self) -> list[dict[str, Any]]:
+        """The GPUs the driver still talks to: all of them but those fallen off the bus (the
+        `gpu-lost` fault). CUDA, DCGM and the burn-in tools see these."""
+        lost = set(self.profile["sim"]["lost_gpus"])
+        return [g for g in self.profile["gpus"] if g["index"] not in lost]
+
+    @property
+    def all_gpus(self) -> list[dict[str, Any]]:
+        """Every GPU of the board, lost or not (NVML still counts a lost one)."""
         return self.profile["gpus"]
+
+    @property
+    def lost_gpus(self) -> list[dict[str, Any]]:
+        lost = set(self.profile["sim"]["lost_gpus"])
+        return [g for g in self.profile["gpus"] if g["index"] in lost]
 
     @property
     def hcas(self) -> list[dict[str, Any]]:
@@ -76,10 +90,15 @@ class View:
         return rng.random() < p
 
     def log_lines(self) -> list[tuple[float, str]]:
+        """The kernel ring buffer: (seconds since boot, record), oldest first. A record may
+        hold newlines (one message printed on several lines). When the buffer has wrapped
+        (the `kernel-log-rotate` fault) its oldest records are gone; the rest keep their
+        times."""
         lines = [(float(t), line) for t, line in self.profile["boot_log"]]
         lines += [(float(t), line) for t, line in self.boot.get("boot_log", [])]
-        lines.sort(key=lambda item: item[0])
-        return lines + fault_log_lines(self.profile, self.faults)
+        lines += fault_log_lines(self.profile, self.faults)
+        lines.sort(key=lambda item: item[0])  # stable: a fault's lines keep their order
+        return lines[self.profile["sim"]["log_drop"]:]
 
 
 def hw_dir() -> Path:
@@ -118,7 +137,7 @@ def installed_driver() -> str | None:
 def driver_problem(view: View) -> tuple[str, int] | None:
     """What NVML says when the driver is not usable: (message, nvidia-smi's exit status)."""
     loaded = view.loaded_driver
-    if loaded is None or not view.gpus:
+    if loaded is None or not view.all_gpus:
         return (
             "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
             "Make sure that the latest NVIDIA driver is installed and running.\n",
@@ -131,8 +150,24 @@ def driver_problem(view: View) -> tuple[str, int] | None:
     return None
 
 
+def _hangs(tool: str) -> bool:
+    """Whether a `tool-hang` fault names this tool (read from faults.json alone: a hung tool
+    must hang before it reads anything else)."""
+    try:
+        faults = read_json(hw_dir() / "faults.json").get("faults", [])
+    except (OSError, ValueError):
+        return False
+    return any(f.get("kind") == "tool-hang" and f.get("tool") == tool for f in faults)
+
+
 def run_tool(main_body: Any, argv: list[str] | None) -> int:
-    """Common wrapper: a missing profile is the tool's own error, not a traceback."""
+    """Common wrapper: a missing profile is the tool's own error, not a traceback; a tool a
+    `tool-hang` fault names never returns (only a signal ends it, as `timeout` sends)."""
+    tool = getattr(main_body, "__module__", "").rsplit(".", 1)[-1].replace("_", "-")
+    tool = {"all-reduce-perf": "all_reduce_perf", "ib-write-bw": "ib_write_bw"}.get(tool, tool)
+    if _hangs(tool):
+        while True:
+            time.sleep(3600)
     try:
         return main_body(sys.argv[1:] if argv is None else argv)
     except HardwareMissing as exc:

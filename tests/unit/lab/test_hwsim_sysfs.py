@@ -154,6 +154,18 @@ def test_the_fact_reads_every_hca_from_the_tree(node, tmp_path):
         assert hca["mlxconfig"] and hca["mlxconfig_error"] is None
 
 
+def test_a_card_trained_at_gen4_shows_in_its_current_link_speed(node, tmp_path):
+    apply_fault(node.lab, node.name, "pcie-gen", {"hca": "3", "gen": "4"})
+    pci = (_class(node) / "mlx5_3" / "device").resolve()
+    assert (pci / "current_link_speed").read_text() == "16.0 GT/s PCIe\n"
+    assert (pci / "max_link_speed").read_text() == "32.0 GT/s PCIe\n"  # what it is capable of
+    speeds = {h["device"]: h["pcie_speed"] for h in _report(node, tmp_path)["hcas"]}
+    assert speeds.pop("mlx5_3") == "16.0 GT/s PCIe"
+    assert set(speeds.values()) == {"32.0 GT/s PCIe"}
+    clear_faults(node.lab, node.name, "pcie-gen")
+    assert (pci / "current_link_speed").read_text() == "32.0 GT/s PCIe\n"
+
+
 def test_mlxfwreset_query_is_what_the_parser_reads(node):
     rc, out = node.run("mlxfwreset", "-d", "mlx5_0", "q")
     assert rc == 0

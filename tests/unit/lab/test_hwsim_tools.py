@@ -336,23 +336,96 @@ def test_mlxfwmanager_rejects_a_foreign_image(node, tmp_path):
 
 
 def test_dcgmi_diag_text_and_json(node):
-    for level in ("1", "2", "3"):
+    """DCGM 4.2.3's tests per level (test_hwsim_real_captures compares the shape with what
+    is real); the table and the JSON say the same."""
+    tests = {"1": ["software"],
+             "2": ["software", "memory", "pcie"],
+             "3": ["software", "memory", "diagnostic", "nvbandwidth", "pcie",
+                   "memory_bandwidth", "targeted_stress", "targeted_power"],
+             "4": ["software", "memory", "diagnostic", "nvbandwidth", "memtest", "pulse_test",
+                   "pcie", "memory_bandwidth", "targeted_stress", "targeted_power"]}
+    for level, names in tests.items():
         rc, out = node.run("dcgmi", "diag", "-r", level)
-        assert rc == 0
-        parsed = parse_dcgmi_diag(out)
-        assert parsed["driver_version"] == DRIVER
-        assert all(t["status"] in ("Pass", "Skip") for t in parsed["tests"]), parsed
-    # the real DCGM 3.x level-3 capture's tests (test_hwsim_real_captures compares more)
-    real = parse_dcgmi_diag((FIXTURES / "dcgmi" / "diag-r3.dcgm3.t4.pass.json").read_text())
-    ours = parse_dcgmi_diag(node.run("dcgmi", "diag", "-r", "3")[1])
-    assert [t["name"] for t in ours["tests"]] == [t["name"] for t in real["tests"]]
-    rc, out = node.run("dcgmi", "diag", "-r", "3", "-j")
-    assert rc == 0 and json.loads(out)
+        rc_j, js = node.run("dcgmi", "diag", "-r", level, "-j")
+        assert rc == rc_j == 0
+        parsed, parsed_j = parse_dcgmi_diag(out), parse_dcgmi_diag(js)
+        assert parsed["shape"] == parsed_j["shape"] == "dcgm4"
+        assert parsed["driver_version"] == parsed_j["driver_version"] == DRIVER
+        assert parsed["version"] == parsed_j["version"] == "4.2.3"
+        # the table prints its categories in a fixed order, DCGM runs Hardware first
+        assert sorted(t["name"] for t in parsed["tests"]) == sorted(names)
+        assert [t["name"] for t in parsed_j["tests"]] == names
+        for parsed_any in (parsed, parsed_j):
+            assert parsed_any["overall"] == "Pass"
+            assert all([r["gpu"] for r in t["results"]] == list(range(8))
+                       for t in parsed_any["tests"])
+    assert json.loads(js)["entity_groups"][0]["entities"][0]["device_id"] == "2330"
+    # the same keys as a DCGM 3 read (the hand-written DCGM 3 fixture)
     real_json = parse_dcgmi_diag((FIXTURES / "dcgmi" / "diag-r3-j.h100x8.gpu3-fail.json")
                                  .read_text())
-    ours_json = parse_dcgmi_diag(out)
-    assert sorted(ours_json) == sorted(real_json)
-    assert ours_json["driver_version"] == DRIVER
+    assert sorted(parsed_j) == sorted(real_json)
+    rc, out = node.run("dcgmi", "diag", "-r", "5")
+    assert rc == 1 and "invalid run level" in out
+
+
+def _dcgm4_findings(out: str) -> dict[tuple[str, int | None], tuple[int, int, int]]:
+    """(test, GPU or None) -> (error_id, severity, category) of every warning in `-j` output."""
+    found = {}
+    for test in parse_dcgmi_diag(out)["tests"]:
+        for w in test.get("warning_details", []):
+            found[(test["name"], w["gpu"])] = (w["error_id"], w["severity"], w["category"])
+    return found
+
+
+def test_dcgmi_diag_reports_faults_as_dcgm4_does(tmp_path, monkeypatch):
+    """Each fault as DCGM 4.2.3 reports that kind of failure: its test, error id (dcgmError_t),
+    severity and category (dcgm_errors.c), and dcgmi's exit status."""
+    node = Node(tmp_path / "a", monkeypatch, faults=[
+        {"kind": "ecc-uncorrectable", "gpu": 2}, {"kind": "pcie-width", "gpu": 5},
+        {"kind": "gpu-wrong-results", "gpu": 6}])
+    rc, out = node.run("dcgmi", "diag", "-r", "3", "-j")
+    assert rc == 205  # DCGM_ST_NVVS_ISOLATE_ERROR (-51): an ISOLATE error was reported
+    assert _dcgm4_findings(out) == {
+        ("memory", 2): (57, 2, 10),       # DCGM_FR_CUDA_DBE, ISOLATE, HARDWARE_MEMORY
+        ("memory", 6): (58, 2, 10),       # DCGM_FR_MEMORY_MISMATCH
+        ("diagnostic", 6): (52, 2, 10),   # DCGM_FR_FAULTY_MEMORY
+        ("pcie", 5): (46, 5, 13),         # DCGM_FR_PCIE_WIDTH, CONFIG, HARDWARE_PCIE
+    }
+    parsed = parse_dcgmi_diag(out)
+    assert parsed["failed_gpus"] == [2, 5, 6]
+    memory = next(t for t in parsed["tests"] if t["name"] == "memory")
+    assert memory["summary"]["info"] == ["A DBE occurred, CUDA error containment reported issue."]
+    # the table says the same, warnings cut at 45 characters and joined back
+    text = parse_dcgmi_diag(node.run("dcgmi", "diag", "-r", "3")[1])
+    assert {(t["name"], w["gpu"], w["message"]) for t in text["tests"]
+            for w in t.get("warning_details", [])} == {
+        (t["name"], w["gpu"], w["message"]) for t in parsed["tests"]
+        for w in t.get("warning_details", [])}
+    assert "| Warning: GPU5             | GPU 5 is running at PCI link width 8X, which   |" \
+        in node.run("dcgmi", "diag", "-r", "3")[1].splitlines()
+
+    # a pending remap (uncorrectable rows) stops DCGM after the software test
+    node = Node(tmp_path / "b", monkeypatch, faults=[{"kind": "row-remap-pending", "gpu": 1}])
+    rc, out = node.run("dcgmi", "diag", "-r", "2", "-j")
+    assert rc == 226  # DCGM_ST_NVVS_ERROR (-30): errors, none ISOLATE
+    assert _dcgm4_findings(out) == {("software", 1): (84, 6, 10)}  # UNCORRECTABLE_ROW_REMAP, RESET
+    parsed = parse_dcgmi_diag(out)
+    assert [(t["name"], t["status"]) for t in parsed["tests"]] == [
+        ("software", "Fail"), ("memory", "Skip"), ("pcie", "Skip")]
+    node = Node(tmp_path / "c", monkeypatch, faults=[{"kind": "row-remap-failed", "gpu": 3}])
+    rc, out = node.run("dcgmi", "diag", "-r", "1", "-j")
+    assert rc == 205 and _dcgm4_findings(out) == {("software", 3): (80, 2, 10)}
+    assert parse_dcgmi_diag(out)["tests"][0]["warning_details"][0]["message"].startswith(
+        "Page Retirement/Row Remap: GPU 3 had uncorrectable memory errors and row remapping "
+        "failed.")
+
+    # flaky: a stress shortfall (TRIAGE) at -r 3, an error about no one GPU at -r 2
+    node = Node(tmp_path / "d", monkeypatch, faults=[{"kind": "flaky", "p": 1.0}])
+    rc, out = node.run("dcgmi", "diag", "-r", "3", "-j")
+    assert rc == 226 and _dcgm4_findings(out) == {("targeted_stress", 0): (50, 4, 1)}
+    rc, out = node.run("dcgmi", "diag", "-r", "2", "-j")
+    assert rc == 226 and _dcgm4_findings(out) == {("pcie", None): (44, 4, 16)}
+    assert parse_dcgmi_diag(out)["failed_gpus"] == []
 
 
 def test_dmesg_is_a_kernel_log(node):
@@ -375,3 +448,172 @@ def test_nvidia_smi_list_gpus_names_each_gpu_with_its_uuid(node):
     assert len(lines) == len(smi["gpus"]) == 8
     for i, (line, gpu) in enumerate(zip(lines, smi["gpus"], strict=True)):
         assert line == f"GPU {i}: {gpu['product_name']} (UUID: {gpu['uuid']})"
+
+
+def _booted(node: Node) -> float:
+    return json.loads((node.hw / "boot.json").read_text())["booted_at"]
+
+
+def test_dmesg_time_formats_are_util_linux_s(node, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        booted = _booted(node)
+        raw = node.run("dmesg")[1].splitlines()
+        iso = node.run("dmesg", "--time-format", "iso")[1].splitlines()
+        ctime = node.run("dmesg", "-T")[1].splitlines()
+        assert len(raw) == len(iso) == len(ctime)
+        # iso: no brackets, comma before the microseconds, the UTC offset (as the real
+        # capture tests/fixtures/dmesg/*.decode-iso.log, less its --decode prefix)
+        stamp, message = iso[5].split(" ", 1)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{6}\+00:00", stamp)
+        assert message == raw[5].split("] ", 1)[1]
+        seconds = float(raw[5][1:].split("]")[0])
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(booted + seconds))
+        assert stamp.startswith(expected)
+        # ctime: the day of month space-padded ("[Thu Apr  4 18:03:56 2024]")
+        assert re.fullmatch(r"\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]",
+                            ctime[5].split("] ")[0] + "]")
+        assert node.run("dmesg", "--time-format=raw")[1].splitlines() == raw
+        assert node.run("dmesg", "-t")[1].splitlines() == [x.split("] ", 1)[1] for x in raw]
+        delta = node.run("dmesg", "-d")[1].splitlines()
+        assert re.fullmatch(r"\[ *\d+\.\d{6} < *\d+\.\d{6}>\] .*", delta[5])
+        rel = node.run("dmesg", "--time-format", "reltime")[1].splitlines()
+        assert re.fullmatch(r"\[[A-Z][a-z]{2}[ \d]\d \d\d:\d\d\] .*", rel[0])
+        assert re.fullmatch(r"\[  \+\d\.\d{6}\] .*", rel[1])
+        # every format the health check may ask for parses
+        for argv in ([], ["-T"], ["--time-format", "iso"], ["-x", "--time-format=iso"]):
+            assert parse_kernel_log(node.run("dmesg", *argv)[1])["lines"] == len(raw)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_dmesg_decode_level_and_raw_priority(node):
+    node_xid = Node(node.lab.parent / "xid", node.monkeypatch,
+                    faults=[{"kind": "xid", "gpu": 0, "code": 13}])
+    decoded = node_xid.run("dmesg", "-x")[1].splitlines()
+    assert decoded[0].startswith("kern  :info  : [    0.000000] Linux version")
+    assert decoded[-1].startswith("kern  :warn  : [  120.000000] NVRM: Xid (PCI:0000:19:00): 13")
+    warn = node_xid.run("dmesg", "-l", "warn", "-t")[1].splitlines()
+    assert warn and all(x.startswith(("NVRM:", "nvidia:")) for x in warn)
+    assert node_xid.run("dmesg", "-r")[1].splitlines()[-1].startswith("<4>[  120.000000] NVRM")
+    # `dmesg --decode --time-format=iso`, line for line the shape of the real capture's Xid
+    real = next(x for x in (FIXTURES / "dmesg" / "xid13-xid43.decode-iso.log").read_text()
+                .splitlines() if "NVRM: Xid" in x)
+    ours = node_xid.run("dmesg", "--decode", "--time-format=iso")[1].splitlines()[-1]
+    shape = re.compile(r"^kern  :warn  : \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{6}[+-]\d\d:\d\d "
+                       r"NVRM: Xid \(PCI:0000:[0-9a-f]{2}:00\): 13, pid=")
+    assert shape.match(real) and shape.match(ours)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bogus"], "dmesg: unrecognized option '--bogus'"),
+    (["-Z"], "dmesg: invalid option -- 'Z'"),
+    (["--time-format", "epoch"], "dmesg: unknown time format: epoch"),
+    (["-l", "loud"], "dmesg: unknown level 'loud'"),
+])
+def test_dmesg_refuses_what_util_linux_refuses(node, argv, message):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc, out = node.run("dmesg", *argv)
+    assert (rc, out) == (1, "")
+    assert err.getvalue() == f"{message}\nTry 'dmesg --help' for more information.\n"
+
+
+def test_dmesg_accepts_options_that_do_not_change_the_dump(node):
+    plain = node.run("dmesg")
+    for argv in (["-k"], ["-L"], ["--color=never"], ["-P", "--kernel"], ["-kL"], ["-w"],
+                 ["--nopager", "--facility", "kern"]):
+        assert node.run("dmesg", *argv) == plain, argv
+    assert node.run("dmesg", "-u") == (0, "")  # no user-space lines in the kernel's buffer
+
+
+def test_dmesg_indents_a_record_of_several_lines(tmp_path, monkeypatch):
+    lost = Node(tmp_path, monkeypatch, faults=[{"kind": "gpu-lost", "gpu": 0}])
+    # as the real captures print it (NVSentinel issue 155, raw; akash support 209, -T)
+    raw = lost.run("dmesg")[1].splitlines()
+    at = raw.index("[  120.000000] NVRM: A GPU crash dump has been created. If possible, "
+                   "please run")
+    assert raw[at + 1] == " " * 15 + ("NVRM: nvidia-bug-report.sh as root to collect this "
+                                      "data before")
+    ctime = lost.run("dmesg", "-T")[1].splitlines()
+    assert ctime[at + 2] == " " * 27 + "NVRM: the NVIDIA kernel module is unloaded."
+
+
+def _sim_daemon_env(node: Node, tmp_path: Path) -> Path:
+    node.monkeypatch.setenv("KILN_HW_DIR", str(node.hw))
+    node.monkeypatch.setenv("KILN_HWSIM_RUN_DIR", str(tmp_path / "run"))
+    node.monkeypatch.setenv("KILN_HWSIM_MODULES_FILE", str(tmp_path / "proc-modules"))
+    node.monkeypatch.setenv("KILN_HWSIM_SYS_MODULES", str(tmp_path / "sys-module"))
+    return tmp_path / "proc-modules"
+
+
+def test_fabric_manager_does_not_start_under_the_fault(tmp_path, monkeypatch):
+    from kiln.lab.hwsim.tools import sim_daemon
+
+    down = Node(tmp_path / "n", monkeypatch, faults=[{"kind": "fabric-manager-down"}])
+    _sim_daemon_env(down, tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = sim_daemon.main(["nv-fabricmanager", "-c",
+                              "/usr/share/nvidia/nvswitch/fabricmanager.cfg"])
+    assert rc == 1
+    assert err.getvalue() == (
+        "request to query NVSwitch device information from NVSwitch driver failed with "
+        "error:WARNING Nothing to do [NV_WARN_NOTHING_TO_DO]\n")
+    assert not (tmp_path / "run" / "nv-fabricmanager.pid").exists()
+
+
+def test_a_running_fabric_manager_exits_when_the_fault_comes(node, tmp_path):
+    from kiln.lab.hwsim.lab_hooks import apply_fault, clear_faults
+    from kiln.lab.hwsim.tools import sim_daemon
+
+    _sim_daemon_env(node, tmp_path)
+    assert sim_daemon.serve("nv-fabricmanager", 0.0, rounds=3) is None  # healthy: runs on
+    results = {}
+    err = io.StringIO()
+
+    def fabric_manager():
+        with contextlib.redirect_stderr(err):
+            results["fm"] = sim_daemon.serve("nv-fabricmanager", 0.01, rounds=2000)
+        results["persistenced"] = sim_daemon.serve("nvidia-persistenced", 0.0, rounds=3)
+
+    thread = threading.Thread(target=fabric_manager)
+    thread.start()
+    time.sleep(0.05)
+    apply_fault(node.lab, node.name, "fabric-manager-down", {"when": "later"})
+    thread.join(20)
+    assert results == {"fm": 1, "persistenced": None}  # only the fabric manager stops
+    assert "fault fabric-manager-down" in err.getvalue()
+    clear_faults(node.lab, node.name)
+    assert sim_daemon.serve("nv-fabricmanager", 0.0, rounds=2) is None
+
+
+def test_peermem_unloaded_unloads_and_refuses_modprobe(node, tmp_path):
+    from kiln.lab.hwsim.lab_hooks import apply_fault, clear_faults
+    from kiln.lab.hwsim.tools import kmod_install, sim_daemon
+
+    modules = _sim_daemon_env(node, tmp_path)
+    modules.write_text("ib_core 495616 1 mlx5_ib, Live 0x0000000000000000\n")
+    inode = modules.stat().st_ino
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert kmod_install.main(["nvidia_peermem"]) == 0
+    assert "nvidia_peermem" in modules.read_text()
+    assert (tmp_path / "sys-module/nvidia_peermem/initstate").read_text() == "live\n"
+    apply_fault(node.lab, node.name, "peermem-unloaded", {})
+    # a simulated daemon in the node notices and unloads it, as rmmod would
+    assert sim_daemon.serve("nvidia-persistenced", 0.0, rounds=1) is None
+    assert modules.read_text() == "ib_core 495616 1 mlx5_ib, Live 0x0000000000000000\n"
+    assert modules.stat().st_ino == inode  # rewritten in place: /proc/modules is a bind of it
+    assert not (tmp_path / "sys-module/nvidia_peermem").exists()
+    with contextlib.redirect_stderr(err):
+        assert kmod_install.main(["nvidia-peermem"]) == 1
+    assert err.getvalue() == ("modprobe: ERROR: could not insert 'nvidia_peermem': Invalid "
+                              "argument\n")
+    assert "nvidia_peermem" not in modules.read_text()
+    clear_faults(node.lab, node.name)
+    assert kmod_install.main(["nvidia_peermem"]) == 0  # loads again once the cause is gone
+    assert sim_daemon.serve("nvidia-persistenced", 0.0, rounds=1) is None
+    assert "nvidia_peermem" in modules.read_text()

@@ -17,6 +17,7 @@ TOOLS = {
     "flint": "flint",
     "mlxfwreset": "mlxfwreset",
     "kmod-install": "kmod_install",  # modprobe's install rule (/usr/lib/kiln-hwsim)
+    "sim-daemon": "sim_daemon",  # behind nv-fabricmanager & co. (/usr/lib/kiln-hwsim)
     "all_reduce_perf": "all_reduce_perf",
     "ib_write_bw": "ib_write_bw",
     "dmesg": "dmesg",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..faults import PCIE_GEN
 from ..profile import NVLINKS_PER_GPU
 from ..view import View
-
-HCA_PCIE_GEN5_X16_GBPS = 504.112
 
 
 def nvlink_factor(view: View, gpus: list[int] | None = None) -> float:
@@ -28,7 +27,8 @@ def hca_gbps(hca: dict[str, Any]) -> float:
     port = hca["ports"][0]
     if port["state"] != "Active":
         return 0.0
-    pcie = HCA_PCIE_GEN5_X16_GBPS * hca["pcie"]["width_current"] / 16 * 0.87
+    gen = hca["pcie"].get("gen_current", hca["pcie"]["gen"])
+    pcie = PCIE_GEN[gen][1] * hca["pcie"]["width_current"] / 1000 * 0.87
     return min(port["rate"] * 0.98, pcie)
 
 

@@ -167,7 +167,12 @@ def process_record(view: View, host: str, pid: int, ngpus: int) -> dict[str, Any
          "nvlink": nvlink_factor(view, [g["index"]]), "wrong": g["index"] in wrong}
         for g in view.gpus
     ] if usable else []
-    return {"host": host, "pid": pid, "ngpus": ngpus, "driver_ok": usable, "gpus": gpus,
+    # On an NVSwitch node CUDA refuses to start until the fabric manager has registered the
+    # GPUs: cudaErrorSystemNotReady (802), "system not yet initialized" (the fault
+    # fabric-manager-down at boot; pytorch issue 35710, wilicc/gpu-burn issue 92 on H100).
+    fabric_ok = view.profile["sim"]["fabric"]["state"] == "Completed"
+    return {"host": host, "pid": pid, "ngpus": ngpus, "driver_ok": usable,
+            "fabric_ok": fabric_ok, "gpus": gpus,
             "ib": ib_factor(view), "flaky_fail": view.flaky_fails("all_reduce_perf")}
 
 
@@ -188,6 +193,8 @@ def _setup_failure(record: dict[str, Any], devices: list[int]) -> list[str]:
     """The CUDA error nccl-tests prints when a process cannot open its devices."""
     if not record["driver_ok"]:
         reason = "system has unsupported display driver / cuda driver combination"
+    elif not record.get("fabric_ok", True):
+        reason = "system not yet initialized"
     elif devices and devices[-1] >= len(record["gpus"]):
         reason = "invalid device ordinal"
     else:

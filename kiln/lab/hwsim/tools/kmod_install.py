@@ -11,11 +11,22 @@ this program, `kmod-install MODULE`. It loads the module as far as the lab can t
   gone at power off, as a loaded module is), which the node's launcher binds over
   /proc/modules when the host kernel has a /proc/modules to stand in for (lab/nodes.py).
   A second load is a no-op, as modprobe of a loaded module is.
+- with the `peermem-unloaded` fault the load fails as it does when the running ib_core
+  exports another version of the peer-memory API than nvidia_peermem was built against
+  (after an OFED or kernel change): "modprobe: ERROR: could not insert 'nvidia_peermem':
+  Invalid argument" (gpu-operator issue 2868; the kernel's symbol lines are the fault's
+  dmesg lines).
+
+`unload(name)` is the other direction (what `rmmod` does to the node's state): the in-node
+simulated daemons (tools/sim_daemon.py) call it when the fault appears while the module is
+loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,8 +68,11 @@ def _main(argv: list[str]) -> int:
         sys.stderr.write(f"modprobe: ERROR: could not insert '{name}': Unknown symbol in "
                          "module, or unknown parameter (see dmesg)\n")
         return 1
+    if name == "nvidia_peermem" and view.profile["sim"]["peermem_unloaded"]:
+        sys.stderr.write(f"modprobe: ERROR: could not insert '{name}': Invalid argument\n")
+        return 1
     path = modules_file()
-    state = Path(os.environ.get(SYS_MODULES_ENV, RUN_MODULES)) / name
+    state = sys_module_dir(name)
     state.mkdir(parents=True, exist_ok=True)
     (state / "initstate").write_text("live\n")
     if name in loaded(path):
@@ -68,6 +82,36 @@ def _main(argv: list[str]) -> int:
     with open(path, "a", encoding="utf-8") as modules:
         modules.write(f"{name} {size} 0 {uses} Live 0x0000000000000000 (OE)\n")
     return 0
+
+
+def sys_module_dir(name: str) -> Path:
+    return Path(os.environ.get(SYS_MODULES_ENV, RUN_MODULES)) / name
+
+
+def unload(name: str) -> bool:
+    """Unload a simulated module as rmmod would: its /proc/modules line and its
+    /sys/module entry go. Returns whether it was loaded. The modules file is rewritten in
+    place (the launcher's bind over /proc/modules holds its inode), under a lock (several
+    daemons may do this at once)."""
+    path = modules_file()
+    was_loaded = False
+    try:
+        with open(path, "r+", encoding="utf-8") as modules:
+            fcntl.flock(modules, fcntl.LOCK_EX)
+            lines = modules.read().splitlines(keepends=True)
+            keep = [line for line in lines if line.split(" ", 1)[0] != name]
+            if len(keep) != len(lines):
+                was_loaded = True
+                modules.seek(0)
+                modules.write("".join(keep))
+                modules.truncate()
+    except FileNotFoundError:
+        pass
+    state = sys_module_dir(name)
+    if state.exists():
+        was_loaded = True
+        shutil.rmtree(state, ignore_errors=True)
+    return was_loaded
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from xml.sax.saxutils import escape
 
 from ..view import View, driver_problem, load_view, run_tool
 
+FABRIC_OK = {"state": "Completed", "status": "Success"}
+
 CUDA_BY_BRANCH = {"535": "12.2", "550": "12.4", "560": "12.6", "565": "12.7", "570": "12.8",
                   "575": "12.9", "580": "13.0"}
 
@@ -56,7 +58,8 @@ def _ecc_block(counters: dict[str, int], aggregate: bool) -> list[N]:
     return nodes
 
 
-def gpu_tree(gpu: dict[str, Any], driver: str) -> list[N]:
+def gpu_tree(gpu: dict[str, Any], driver: str,
+             fabric: dict[str, str] | None = None) -> list[N]:
     pcie, rows, temp = gpu["pcie"], gpu["remapped_rows"], gpu["temperature"]
     reasons, clocks, ecc = gpu["clock_event_reasons"], gpu["clocks"], gpu["ecc"]
     bus = gpu["pci_bus_id"]
@@ -261,7 +264,8 @@ def gpu_tree(gpu: dict[str, Any], driver: str) -> list[N]:
         N("Voltage", "voltage", children=[
             N("Graphics", "graphics_volt", f"{gpu['voltage_mv']:.3f} mV")]),
         N("Fabric", "fabric", children=[
-            N("State", "state", "Completed"), N("Status", "status", "Success")]),
+            N("State", "state", (fabric or FABRIC_OK)["state"]),
+            N("Status", "status", (fabric or FABRIC_OK)["status"])]),
         N("Processes", "processes", "None"),
         N(None, "accounted_processes", ""),
     ]
@@ -315,12 +319,12 @@ def query_text(view: View, gpus: list[dict[str, Any]]) -> str:
            f"{'Timestamp'.ljust(42)}: {_timestamp()}",
            f"{'Driver Version'.ljust(42)}: {driver}",
            f"{'CUDA Version'.ljust(42)}: {cuda_version(driver)}", "",
-           f"{'Attached GPUs'.ljust(42)}: {len(view.gpus)}"]
+           f"{'Attached GPUs'.ljust(42)}: {len(view.all_gpus)}"]
     for n, gpu in enumerate(gpus):
         if n:
             out.append("")
         out.append(f"GPU {gpu['pci_bus_id']}")
-        out += _text_lines(gpu_tree(gpu, driver), 1)
+        out += _text_lines(gpu_tree(gpu, driver, view.profile["sim"]["fabric"]), 1)
     return "\n".join(out) + "\n"
 
 
@@ -332,10 +336,10 @@ def query_xml(view: View, gpus: list[dict[str, Any]]) -> str:
            f"\t<timestamp>{_timestamp()}</timestamp>",
            f"\t<driver_version>{driver}</driver_version>",
            f"\t<cuda_version>{cuda_version(driver)}</cuda_version>",
-           f"\t<attached_gpus>{len(view.gpus)}</attached_gpus>"]
+           f"\t<attached_gpus>{len(view.all_gpus)}</attached_gpus>"]
     for gpu in gpus:
         out.append(f'\t<gpu id="{gpu["pci_bus_id"]}">')
-        out += _xml_lines(gpu_tree(gpu, driver), 2)
+        out += _xml_lines(gpu_tree(gpu, driver, view.profile["sim"]["fabric"]), 2)
         out.append("\t</gpu>")
     out += ["", "</nvidia_smi_log>"]
     return "\n".join(out) + "\n"
@@ -364,7 +368,7 @@ def _fields(view: View) -> dict[str, tuple[str, Any]]:
     return {
         "timestamp": ("", lambda g: time.strftime("%Y/%m/%d %H:%M:%S.000")),
         "driver_version": ("", lambda g: driver),
-        "count": ("", lambda g: str(len(view.gpus))),
+        "count": ("", lambda g: str(len(view.all_gpus))),
         "index": ("", lambda g: str(g["index"])),
         "name": ("", lambda g: g["name"]),
         "serial": ("", lambda g: g["serial"]),
@@ -430,6 +434,8 @@ def _fields(view: View) -> dict[str, tuple[str, Any]]:
         "pcie.link.gen.max": ("", lambda g: str(g["pcie"]["gen_max"])),
         "pcie.link.width.current": ("", lambda g: str(g["pcie"]["width_current"])),
         "pcie.link.width.max": ("", lambda g: str(g["pcie"]["width_max"])),
+        "fabric.state": ("", lambda g: view.profile["sim"]["fabric"]["state"]),
+        "fabric.status": ("", lambda g: view.profile["sim"]["fabric"]["status"]),
     }
 
 
@@ -491,7 +497,7 @@ def nvlink(view: View, gpus: list[dict[str, Any]], what: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def summary(view: View) -> str:
+def summary(view: View, gpus: list[dict[str, Any]] | None = None) -> str:
     driver = view.loaded_driver or ""
     bar = "+-----------------------------------------------------------------------------------------+"  # noqa: E501
     sep = "+-----------------------------------------+------------------------+----------------------+"  # noqa: E501
@@ -503,7 +509,7 @@ def summary(view: View) -> str:
            "| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |",  # noqa: E501
            "|                                         |                        |               MIG M. |",  # noqa: E501
            "|=========================================+========================+======================|"]  # noqa: E501
-    for gpu in view.gpus:
+    for gpu in view.gpus if gpus is None else gpus:
         ecc = _ecc_total(gpu, "volatile", False)
         power = f"{round(gpu['power']['draw_w'])}W /  {round(gpu['power']['limit_w'])}W"
         mem = f"{gpu['memory']['used_mib']}MiB /  {gpu['memory']['total_mib']}MiB"
@@ -524,22 +530,56 @@ def summary(view: View) -> str:
 
 
 def _select(view: View, ids: str | None) -> list[dict[str, Any]] | None:
+    """The GPUs `-i` names (all of them without -i), lost ones included."""
     if ids is None:
-        return view.gpus
+        return view.all_gpus
     chosen = []
     for part in ids.split(","):
         part = part.strip()
-        match = [g for g in view.gpus if part in (str(g["index"]), g["uuid"], g["serial"],
-                                                   g["pci_bus_id"])]
+        match = [g for g in view.all_gpus if part in (str(g["index"]), g["uuid"], g["serial"],
+                                                       g["pci_bus_id"])]
         if not match:
             return None
         chosen += match
     return chosen
 
 
-def list_gpus(gpus: list[dict[str, Any]]) -> str:
-    """`nvidia-smi -L`: one line per GPU, "GPU i: <name> (UUID: GPU-...)"."""
-    return "".join(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n" for g in gpus)
+def list_gpus(gpus: list[dict[str, Any]], lost: set[int] | frozenset[int] = frozenset()) -> str:
+    """`nvidia-smi -L`: one line per GPU, "GPU i: <name> (UUID: GPU-...)"; a GPU whose
+    handle NVML cannot get has an error line in its place, spelled "for gpu 0000:01:00.0"
+    (lower case, a space: NVIDIA/open-gpu-kernel-modules issue 246, whose GPU field other
+    issues fill with -L's "GPU 0: …" lines). That -L goes on with the other GPUs is the
+    lab's reading (no capture of a multi-GPU -L with a lost GPU was found)."""
+    out = []
+    for g in gpus:
+        if g["index"] in lost:
+            out.append(f"Unable to determine the device handle for gpu {_bus4(g)}: "
+                       f"{LOST_GPU_ERROR}\n")
+        else:
+            out.append(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n")
+    return "".join(out)
+
+
+# A GPU that fell off the bus (the gpu-lost fault). What nvidia-smi prints then, from real
+# captures: driver 535.161.07 after an Xid 79 (akash-network/support issue 209) printed
+# only "Unable to determine the device handle for GPU0000:A1:00.0: Unknown Error" for a
+# plain `nvidia-smi`, and 560 the same line and nothing else (meta-llama/llama-models issue
+# 200): nvidia-smi gets every GPU's handle before it prints, so one lost GPU fails the
+# whole command, -q and the other queries alike; the remaining GPUs are not printed.
+# `-i` naming only healthy GPUs still works (the lost one's handle is never asked for).
+# The exit status is not in those captures: nvidia-smi's documented status for an error
+# it has no own code for ("Other error or internal driver error occurred") is 255.
+LOST_GPU_ERROR = "Unknown Error"
+LOST_GPU_STATUS = 255
+
+
+def _bus4(gpu: dict[str, Any]) -> str:
+    """The bus id as the handle error spells it: a 4-digit domain (0000:9B:00.0)."""
+    return gpu["pci_bus_id"][4:]
+
+
+def lost_gpu_message(gpu: dict[str, Any]) -> str:
+    return f"Unable to determine the device handle for GPU{_bus4(gpu)}: {LOST_GPU_ERROR}\n"
 
 
 def _main(argv: list[str]) -> int:
@@ -567,8 +607,16 @@ def _main(argv: list[str]) -> int:
     if gpus is None:
         sys.stdout.write("No devices were found\n")
         return 6
+    lost = {g["index"] for g in view.lost_gpus}
+    if rest and rest[0] in ("-L", "--list-gpus"):
+        sys.stdout.write(list_gpus(gpus, lost))
+        return LOST_GPU_STATUS if any(g["index"] in lost for g in gpus) else 0
+    failed = next((g for g in gpus if g["index"] in lost), None)
+    if failed is not None:
+        sys.stdout.write(lost_gpu_message(failed))
+        return LOST_GPU_STATUS
     if not rest:
-        sys.stdout.write(summary(view))
+        sys.stdout.write(summary(view, gpus))
         return 0
     if rest[0] == "nvlink":
         if "-s" in rest or "--status" in rest:
@@ -580,9 +628,6 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write("Invalid combination of input arguments. Please run "
                          "'nvidia-smi nvlink -h' for help.\n")
         return 2
-    if rest[0] in ("-L", "--list-gpus"):
-        sys.stdout.write(list_gpus(gpus))
-        return 0
     if "-r" in rest or "--gpu-reset" in rest:
         for gpu in gpus:
             sys.stdout.write(f"GPU {gpu['pci_bus_id']} was successfully reset.\n")
