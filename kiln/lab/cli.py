@@ -1,4 +1,5 @@
-"""`kiln lab up|status|down` (and `kiln lab fault`, when the hardware simulator provides it)."""
+"""`kiln lab up|status|down` and `kiln lab fault` (the lab's host-side faults, lab/hostfaults.py,
+and the hardware simulator's)."""
 
 from __future__ import annotations
 
@@ -82,10 +83,24 @@ def print_table(state: LabState) -> None:
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
+    from kiln.lab import hostfaults
     from kiln.lab.integrations import fault_command
 
-    status = fault_command(args.fault_args)
-    node = args.fault_args[0] if args.fault_args else "-"
+    argv = list(args.fault_args)
+    # The lab's host-side faults (lab/hostfaults.py: network, BMC event log) first; every
+    # other kind is the hardware simulator's (lab/hwsim/faults.py).
+    if hostfaults.handles(argv):
+        return hostfaults.fault_command(argv)
+    if not argv or argv[0] in ("-h", "--help", "--list"):
+        status = fault_command(argv)
+        print(hostfaults.kinds_text(), end="", file=sys.stdout if argv else sys.stderr)
+        return status
+    if argv[1:] == ["--clear"]:
+        status = hostfaults.fault_command(argv)
+        if status != 0:
+            return status
+    status = fault_command(argv)
+    node = argv[0]
     if status == 0 and not node.startswith("-"):
         # A port's state is also its rail interface's link (lab/rails.py).
         from kiln.lab.cluster import sync_rail_links

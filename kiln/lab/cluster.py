@@ -10,19 +10,17 @@ by name, so it also cleans up after a crashed `up`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 from kiln.core.paths import FIRMWARE_DIR
-from kiln.lab import integrations, netboot, netns, rails, services
+from kiln.lab import hostfaults, integrations, netboot, netns, ntp, rails, services
 from kiln.lab.credentials import ensure_lab_secrets
 from kiln.lab.host import LabError, require_root, require_tools, run
 from kiln.lab.nodes import Node
@@ -32,6 +30,7 @@ from kiln.lab.state import (
     NodeState,
     StateError,
     lab_dir,
+    lab_lock,
     load_state,
     mirror_state_dir,
     plan_nodes,
@@ -41,7 +40,7 @@ from kiln.lab.state import (
 from kiln.lab.tls import ensure_ca, issue_cert
 from kiln.roles.mirror.signing import init_key
 
-UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl"]
+UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl", "chronyd"]
 LAB_MANIFEST = FIRMWARE_DIR / "lab.yaml"
 # kiln's own records about this lab's nodes (the lab inventory points the ledger and the
 # file pool here).
@@ -49,14 +48,6 @@ LAB_RECORDS = ("kiln.db", "pool.yaml")
 SSH_TIMEOUT = 60.0
 
 Log = Callable[[str], None]
-
-
-@contextmanager
-def lab_lock(lab: Path) -> Iterator[None]:
-    lab.mkdir(parents=True, exist_ok=True)
-    with open(lab / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def ensure_ssh_key(lab: Path) -> Path:
@@ -133,6 +124,8 @@ def up(
         # bring-up never makes a key while it plans.
         init_key(mirror_state_dir(lab))
         netns.ensure_bridge()
+        # Time before the nodes: their chrony finds its server answering at first boot.
+        log(f"kiln lab: {ntp.start(lab, log)}")
         rails.ensure_bridges()
         netns.add_bmc_addresses([n.bmc["address"] for n in nodes])
         public_key = key.with_suffix(".pub").read_text()
@@ -228,6 +221,8 @@ def _teardown(lab: Path) -> None:
         stub = NodeState(name=pid_file.parent.name, role="gpu", index=0, address="")
         Node(lab, stub).power_off()
     integrations.stop_simulators(lab)
+    ntp.stop(lab)
+    hostfaults.teardown(lab)
     _kill_strays(lab)
     netns.delete_all()
     rails.delete_all()

@@ -18,6 +18,9 @@ TOOLS = {
     "debootstrap": "debootstrap",
     "ssh-keygen": "openssh-client",
     "ssh": "openssh-client",
+    "chronyd": "chrony",
+    "nft": "nftables",
+    "ipmitool": "ipmitool",
 }
 
 

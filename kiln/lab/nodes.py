@@ -11,9 +11,12 @@ A node is (under the lab directory):
   their links are up while the node is powered on (unless a fault holds a port down) and
   down while it is off, when they also lose what the node's OS set on them.
 
-Booting: `ip netns exec kiln-<name> unshare --pid --mount --uts --fork` runs the launcher
-below, which mounts /proc, a minimal /dev, /sys, /run, /tmp and the hardware binds into the
-overlay, pivots into it and execs the node's init (lab/node_init.py) as PID 1.
+Booting: `ip netns exec kiln-<name> unshare --pid --mount --uts --fork --time` runs the
+launcher below, which mounts /proc, a minimal /dev, /sys, /run, /tmp and the hardware binds
+into the overlay, pivots into it and execs the node's init (lab/node_init.py) as PID 1.
+Each boot has its own boot_id (a fresh UUID in `/proc/sys/kernel/random/boot_id`, recorded
+on the host in `nodes/<name>/boot_id`) and clocks that start at it (`/proc/uptime` and
+CLOCK_MONOTONIC count from the node's boot: a time namespace).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from kiln.lab import integrations, rails
@@ -60,6 +64,13 @@ ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 mkdir -p "$root/run/kiln" "$root/run/kiln-hw" "$root/run/kiln-hw-flash" "$root/run/lock"
+# This boot's boot_id: the kernel's is the host's (every node shares it, and it never changes
+# when a node reboots), so the node's /proc shows a file of its own in its place, as lxcfs
+# does for /proc files. In the node's /run (tmpfs): gone at power off.
+echo "$KILN_BOOT_ID" > "$root/run/kiln/boot_id"
+chmod 444 "$root/run/kiln/boot_id"
+mount --bind "$root/run/kiln/boot_id" "$root/proc/sys/kernel/random/boot_id"
+mount -o remount,bind,ro "$root/proc/sys/kernel/random/boot_id"
 mount --bind "$KILN_HW" "$root/run/kiln-hw"
 mount -o remount,bind,ro "$root/run/kiln-hw"
 mount --bind "$KILN_HW/flash" "$root/run/kiln-hw-flash"
@@ -118,6 +129,8 @@ class Node:
         self.hw = lab / "hw" / node.name
         self.pid_file = self.dir / "pid"
         self.console = self.dir / "console.log"
+        # The boot_id of the node's current (or last) boot, as its /proc shows it.
+        self.boot_id_file = self.dir / "boot_id"
         # Why the last boot of an installed disk failed (the `boot-fail` fault), if it did.
         self.boot_error: str | None = None
 
@@ -237,17 +250,21 @@ class Node:
         self.mount()
         integrations.on_node_boot(self.lab, self.name, self.merged)
         self.set_rail_links()
+        boot_id = str(uuid.uuid4())
+        self.boot_id_file.write_text(f"{boot_id}\n")
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "KILN_ROOT": str(self.merged),
             "KILN_NODE": self.name,
             "KILN_HW": str(self.hw),
             "KILN_INIT": str(INIT_SOURCE),
+            "KILN_BOOT_ID": boot_id,
         }
         argv = [
             "ip", "netns", "exec", self.state.netns,
-            "unshare", "--pid", "--mount", "--uts", "--fork", "--kill-child", "--",
-            "/bin/sh", "-c", LAUNCHER,
+            "unshare", "--pid", "--mount", "--uts", "--fork", "--kill-child",
+            *time_namespace_options(),
+            "--", "/bin/sh", "-c", LAUNCHER,
         ]  # fmt: skip
         with open(self.console, "ab") as console:
             process = subprocess.Popen(
@@ -326,6 +343,20 @@ class Node:
             tail = "\n    ".join(self.console.read_text(errors="replace").splitlines()[-10:])
         why = "its init exited" if not self.running() else f"no sshd after {timeout:.0f} s"
         raise LabError(f"node {self.name} did not come up: {why}; {self.console}:\n    {tail}")
+
+
+def time_namespace_options() -> list[str]:
+    """`unshare` options giving the node a time namespace whose clocks start at its boot.
+
+    The node shares the host's kernel, so without its own time namespace its /proc/uptime
+    (CLOCK_BOOTTIME) and CLOCK_MONOTONIC would count from the host's boot. Each offset is
+    minus the host clock's whole seconds now, so the node's clocks start between 0 and 1 s
+    (the kernel refuses an offset that would make a clock negative). The wall clock
+    (CLOCK_REALTIME) cannot be namespaced and stays the host's.
+    """
+    boottime = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    monotonic = int(time.clock_gettime(time.CLOCK_MONOTONIC))
+    return ["--time", f"--boottime={-boottime}", f"--monotonic={-monotonic}"]
 
 
 def ssh_banner(address: str, port: int) -> bool:

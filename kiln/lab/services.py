@@ -1,4 +1,5 @@
-"""The lab's host-side service processes: BMC emulators, the MAAS and UFM simulators.
+"""The lab's host-side service processes: BMC emulators, the MAAS and UFM simulators, the
+NTP server (lab/ntp.py).
 
 Each runs detached from the `kiln lab up` that starts it (its own session), with its pid in
 `<lab>/services/<name>.pid` and its output in `<lab>/services/<name>.log`. `stop` ends

@@ -13,7 +13,8 @@ Schema (version 1):
       "secrets_file": "/var/lib/kiln-lab/secrets.yaml", # 0600; BMC, MAAS, UFM credentials
       "tls_ca": "/var/lib/kiln-lab/tls/ca.pem",         # the lab CA: Redfish and UFM certs
       "endpoints": {"vendor_repo": "http://10.231.0.1:8081/",
-                    "maas": "http://10.231.0.1:5240/MAAS/", "ufm": "https://10.231.0.1:8443/"},
+                    "maas": "http://10.231.0.1:5240/MAAS/", "ufm": "https://10.231.0.1:8443/",
+                    "ntp": "ntp://10.231.0.1"},
       "nodes": [
         {"name": "gpu-001", "role": "gpu", "index": 1, "address": "10.231.0.11",
          "ssh_port": 22, "netns": "kiln-gpu-001", "state": "running",   # or "off"
@@ -30,9 +31,12 @@ file (it is what `kiln lab status --json` prints); they are in `secrets_file`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +49,7 @@ PREFIX = 24
 VENDOR_REPO_URL = f"http://{GATEWAY}:8081/"
 MAAS_URL = f"http://{GATEWAY}:5240/MAAS/"
 UFM_URL = f"https://{GATEWAY}:8443/"
+NTP_URL = f"ntp://{GATEWAY}"  # lab/ntp.py: chronyd on UDP 123
 # BMCs live on a second subnet on the same bridge: host-side addresses, one per node.
 BMC_SUBNET_GATEWAY = "10.231.1.1"
 REDFISH_PORT = 443
@@ -66,6 +71,15 @@ class StateError(Exception):
 def lab_dir() -> Path:
     """Where the lab lives: $KILN_LAB_DIR, else /var/lib/kiln-lab."""
     return Path(os.environ.get("KILN_LAB_DIR") or DEFAULT_LAB_DIR)
+
+
+@contextmanager
+def lab_lock(lab: Path) -> Iterator[None]:
+    """The lab lock (`<lab>/lock`): one kiln command changes the lab at a time."""
+    lab.mkdir(parents=True, exist_ok=True)
+    with open(lab / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def mirror_state_dir(lab: Path | str) -> Path:
@@ -95,7 +109,7 @@ def bmc_for(index: int, protocol: BmcProtocol) -> dict[str, Any]:
 
 
 def default_endpoints() -> dict[str, str]:
-    return {"vendor_repo": VENDOR_REPO_URL, "maas": MAAS_URL, "ufm": UFM_URL}
+    return {"vendor_repo": VENDOR_REPO_URL, "maas": MAAS_URL, "ufm": UFM_URL, "ntp": NTP_URL}
 
 
 def netns_name(node: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kiln.lab import services
+from kiln.lab import sel, services
 from kiln.lab.credentials import read_lab_secrets
 from kiln.lab.state import LabState, NodeState
 from kiln.lab.tls import ensure_ca, issue_cert
@@ -98,6 +98,7 @@ def _start_redfish(lab: Path, node: NodeState, certificate: tuple[Path, Path], h
     directory = bmc_root(lab) / node.name
     state_dir = directory / "sushy-state"
     shutil.rmtree(state_dir, ignore_errors=True)  # a new lab: no boot override left over
+    sel.store_path(lab, node.name).unlink(missing_ok=True)  # and an empty event log
     config = write_config(directory / "emulator.conf", lab=lab, node=node.name,
                           address=address, port=port, host_address=node.address,
                           cert=cert, key=key,

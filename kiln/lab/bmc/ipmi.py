@@ -5,7 +5,9 @@ Per node, in `<lab>/bmc/<node>/` (0700):
   `chassis_control`, the program that powers the node (lab/bmc/ipmi_chassis.py);
 - `bmc.emu`: ipmi_sim's commands making the BMC: one MC at 0x20 whose firmware revision is
   the node's BMC version, and a System Event Log;
-- `ipmi-state/`: ipmi_sim's persistent state (users, SEL), new at every start.
+- `ipmi-state/`: ipmi_sim's persistent state (users, SEL), new at every start. Once it
+  listens, its SEL clock is set to this machine's time (`ipmitool sel time set now`), so the
+  records it logs (lab/sel.py) are dated.
 
 The BMC user (user 2, admin) is written into ipmi_sim's persistent user store,
 `ipmi-state/ipmi_sim/<node>/users.mc20` (0600), which ipmi_sim reads at start (`man
@@ -24,14 +26,16 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from kiln.lab import services
+from kiln.lab import sel, services
 from kiln.lab.bmc import firmware
+
+# udp_bound too: the IPMI tests and callers ask this module (lab/sockets.py holds them).
+from kiln.lab.sockets import bound_by, socket_holders, udp_bound, udp_socket_inodes  # noqa: F401
 
 MC_ADDRESS = "0x20"
 USER_ID = 2
@@ -156,47 +160,6 @@ def _guid(lab: Path, node: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"kiln-lab-ipmi:{node}:{serial}").hex
 
 
-def udp_socket_inodes(address: str, port: int) -> set[int]:
-    """The inodes of the UDP sockets bound to address:port (from /proc/net/udp)."""
-    wanted = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
-    try:
-        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
-    except FileNotFoundError:
-        return set()
-    return {int(fields[9]) for fields in (line.split() for line in lines)
-            if len(fields) > 9 and fields[1] == wanted}
-
-
-def socket_holders(inodes: set[int]) -> dict[int, str]:
-    """pid -> command line of every process holding one of these socket inodes."""
-    links = {f"socket:[{inode}]" for inode in inodes}
-    holders = {}
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            held = any(os.readlink(fd) in links for fd in fd_dir.iterdir())
-            if held:
-                argv = (fd_dir.parent / "cmdline").read_bytes().split(b"\0")
-                holders[int(fd_dir.parent.name)] = shlex.join(
-                    arg.decode(errors="replace") for arg in argv if arg)
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-    return holders
-
-
-def bound_by(pid: int, address: str, port: int) -> bool:
-    """Whether process `pid` itself has a UDP socket bound to address:port.
-
-    ipmi_sim sets SO_REUSEADDR: a second one binds the same address without complaint, so
-    "some socket is bound there" would take another process's socket for this one's.
-    """
-    return pid in socket_holders(udp_socket_inodes(address, port))
-
-
-def udp_bound(address: str, port: int) -> bool:
-    """Whether some process has a UDP socket bound to address:port."""
-    return bool(udp_socket_inodes(address, port))
-
-
 ATTEMPTS = 3
 
 
@@ -303,6 +266,12 @@ def start(lab: Path, node: str, address: str, port: int, username: str, password
             if outcomes:
                 print(f"kiln lab: {node}: ipmi_sim bound at start {len(outcomes) + 1} after: "
                       f"{'; '.join(outcomes)}", file=sys.stderr)
+            # ipmi_sim's SEL clock starts at "pre-init" time (seconds since the host's boot):
+            # set it, as a BMC's NTP or the host's BIOS does, so its SEL records are dated.
+            try:
+                sel.set_ipmi_clock(address, port, username, password)
+            except sel.SelError as exc:
+                raise IpmiError(f"{node}: setting the BMC's SEL clock: {exc}") from None
             return pid
     # What each start did is in the message: the next one to see this can tell a crash
     # from a bind that never happened.

@@ -16,6 +16,10 @@ routes, its htpasswd basic auth, its TLS. What the lab adds, and why:
   ignores what a PATCH sends; the lab keeps it (a Once override is used up by the next
   boot), so the system resource is wrapped to store and show it;
 - the Manager's `FirmwareVersion` is the node's BMC version (sushy-tools says "1.00");
+- the system event log (sushy-tools has no LogServices): `Systems/<id>/LogServices/SEL`, a
+  LogService whose Entries are the node's SEL store (`<lab>/bmc/<node>/sel.json`, written by
+  `kiln lab fault NODE bmc-event`: lab/sel.py), read at every request, with
+  `LogService.ClearLog`; the system resource links it (`LogServices`);
 - `Manager.Reset` (sushy-tools has none), GracefulRestart or ForceRestart: the BMC
   restarts, so a staged BMC image becomes its running version (lab/bmc/firmware.py
   `activate_staged_bmc`; BIOS images wait for the system's reset), and for
@@ -30,6 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +44,7 @@ import requests
 from sushy_tools import error
 from sushy_tools.emulator import main as emulator
 
+from kiln.lab import sel
 from kiln.lab.bmc import firmware
 from kiln.lab.bmc.redfish_driver import OVERRIDE_ENABLED, LabSystemsDriver
 from kiln.lab.bmc.redfish_tasks import TASKS_PATH, Progress, Task, TaskFailed, TaskList, message
@@ -136,6 +142,16 @@ def _add_routes(app: flask.Flask) -> None:
     )
     app.add_url_rule("/redfish/v1/Managers/<identity>/Actions/Manager.Reset",
                      "lab_manager_reset", manager_reset, methods=["POST"])
+    app.view_functions["system_resource"] = _with_log_services(
+        app.view_functions["system_resource"]
+    )
+    logs = "/redfish/v1/Systems/<identity>/LogServices"
+    app.add_url_rule(logs, "lab_log_services", log_services)
+    app.add_url_rule(f"{logs}/<service>", "lab_log_service", log_service)
+    app.add_url_rule(f"{logs}/<service>/Entries", "lab_log_entries", log_entries)
+    app.add_url_rule(f"{logs}/<service>/Entries/<entry_id>", "lab_log_entry", log_entry)
+    app.add_url_rule(f"{logs}/<service>/Actions/LogService.ClearLog", "lab_log_clear",
+                     clear_log, methods=["POST"])
     # Into Flask's list directly: `before_request` refuses an app that has served requests
     # (sushy-tools' app is one per process; tests install it after it has served others).
     # sushy-tools' basic auth is WSGI middleware around Flask and is re-applied by its
@@ -413,4 +429,114 @@ def manager_reset(identity: str) -> flask.Response:
                                f"{', '.join(MANAGER_RESET_TYPES)}")
     app.systems.restart_bmc(manager["UUID"])
     app.lab_restarting_until = time.monotonic() + RESTART_SECONDS
+    return flask.Response(status=204)
+
+
+# -- the system event log -----------------------------------------------------------------
+
+SEL_SERVICE = "SEL"
+
+
+def _log_system(identity: str) -> str:
+    """The system's UUID (its node name is an alias); unknown: sushy-tools' 404."""
+    driver = _app().systems
+    system = driver.uuid(identity)
+    if system not in driver.systems:
+        raise error.NotFound(f"no system {identity!r}")
+    return system
+
+
+def _logs_path(system: str) -> str:
+    return f"/redfish/v1/Systems/{system}/LogServices"
+
+
+def _sel_service(identity: str, service: str) -> str:
+    system = _log_system(identity)
+    if service != SEL_SERVICE:
+        raise error.NotFound(f"no log service {service!r} (services: {SEL_SERVICE})")
+    return f"{_logs_path(system)}/{SEL_SERVICE}"
+
+
+def _sel_store() -> dict[str, Any]:
+    driver = _app().systems
+    try:
+        return sel.read_store(driver.lab, driver.node)
+    except sel.SelError as exc:
+        raise error.FishyError(str(exc)) from None
+
+
+def _with_log_services(original: Callable[..., Any]) -> Callable[..., Any]:
+    def system_resource(identity: str) -> Any:
+        response = original(identity)
+        if flask.request.method == "GET" and response.status_code == 200:
+            document = json.loads(response.get_data())
+            document["LogServices"] = {"@odata.id": _logs_path(document["Id"])}
+            response.set_data(json.dumps(document, indent=2))
+        return response
+
+    return system_resource
+
+
+def log_services(identity: str) -> flask.Response:
+    path = _logs_path(_log_system(identity))
+    return _json({
+        "@odata.type": "#LogServiceCollection.LogServiceCollection",
+        "@odata.id": path,
+        "Name": "System Log Services",
+        "Members@odata.count": 1,
+        "Members": [{"@odata.id": f"{path}/{SEL_SERVICE}"}],
+    })
+
+
+def log_service(identity: str, service: str) -> flask.Response:
+    path = _sel_service(identity, service)
+    return _json({
+        "@odata.type": "#LogService.v1_4_0.LogService",
+        "@odata.id": path,
+        "Id": SEL_SERVICE,
+        "Name": "System Event Log",
+        "Description": "IPMI System Event Log",
+        "LogEntryType": "SEL",
+        "MaxNumberOfRecords": sel.MAX_ENTRIES,
+        "OverWritePolicy": "WrapsWhenFull",
+        "DateTime": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ServiceEnabled": True,
+        "Status": {"State": "Enabled", "Health": "OK"},
+        "Entries": {"@odata.id": f"{path}/Entries"},
+        "Actions": {"#LogService.ClearLog": {
+            "target": f"{path}/Actions/LogService.ClearLog"}},
+    })
+
+
+def _entry_resource(path: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {"@odata.type": "#LogEntry.v1_15_0.LogEntry",
+            "@odata.id": f"{path}/Entries/{entry['Id']}", **entry}
+
+
+def log_entries(identity: str, service: str) -> flask.Response:
+    """The entries, oldest first, each one whole (as most BMCs expand them)."""
+    path = _sel_service(identity, service)
+    members = [_entry_resource(path, entry) for entry in _sel_store().get("entries", [])]
+    return _json({
+        "@odata.type": "#LogEntryCollection.LogEntryCollection",
+        "@odata.id": f"{path}/Entries",
+        "Name": "System Event Log Entries",
+        "Members@odata.count": len(members),
+        "Members": members,
+    })
+
+
+def log_entry(identity: str, service: str, entry_id: str) -> flask.Response:
+    path = _sel_service(identity, service)
+    for entry in _sel_store().get("entries", []):
+        if entry.get("Id") == entry_id:
+            return _json(_entry_resource(path, entry))
+    raise error.NotFound(f"no entry {entry_id!r} in {path}")
+
+
+def clear_log(identity: str, service: str) -> flask.Response:
+    """LogService.ClearLog: the log is emptied; record IDs go on from where they were."""
+    _sel_service(identity, service)
+    driver = _app().systems
+    sel.clear_redfish(driver.lab, driver.node)
     return flask.Response(status=204)

@@ -125,7 +125,11 @@ def sel_severity(event: str, direction: str) -> str:
     if "non-critical" in text or "predictive" in text or re.search(r"\bcorrectable", text):
         return "Warning"
     if any(word in text for word in ("critical", "non-recoverable", "uncorrectable",
-                                     "failure", "ierr", "fault", "lost", "error")):
+                                     "failure", "ierr", "fault", "lost", "error", "fatal",
+                                     "corrupt")):
+        return "Critical"
+    # Critical Interrupt's PCI PERR / PCI SERR (parity and system errors on the bus).
+    if re.search(r"\b[ps]err\b", text):
         return "Critical"
     return "OK"
 
