@@ -2,6 +2,8 @@
 
     kiln check FILE…          validate manifests (firmware/*.yaml) and inventories
     kiln parse TOOL FILE      parse a captured tool output (nvidia-smi -q, ibstat …) to JSON
+    kiln health NODE          the node's health results from the ledger, as a table
+    kiln dmesg learn NODE     add the boot-log lines a person accepts to the site allowlist
     kiln lab up|down|status   the simulated cluster (lab/)
     kiln demo                 start the lab and run bring-up on it
 
@@ -79,6 +81,79 @@ def cmd_mirror_init_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.roles.health.report import as_json, health_rows, render
+
+    rows = health_rows(args.ledger, args.node)
+    if not rows:
+        print(f"kiln: no health results for node {args.node} in {args.ledger} (has the "
+              "health stage or deploy/health.py run on it?)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(as_json(rows), indent=1))
+    else:
+        print(render(rows, args.node, only_problems=args.problems), end="")
+    return 2 if any(not r.status.passes for r in rows) else 0
+
+
+def cmd_dmesg_learn(args: argparse.Namespace) -> int:
+    """Show the unknown lines of the node's last boot-log result (the ledger), ask about each
+    (or take all with --accept-all), append the accepted ones to the site allowlist."""
+    import time
+
+    from kiln.core.ledger import last_recorded
+    from kiln.roles.health import bootlog
+
+    node, site = args.node, Path(args.allowlist)
+    recorded = last_recorded(args.ledger, node, bootlog.BOOT_LOG, subject="node")
+    if recorded is None:
+        raise KilnError(f"node {node}: no {bootlog.BOOT_LOG} result in the ledger {args.ledger} "
+                        "(has the health check run on it?)")
+    allowlist = bootlog.load_allowlist(site=site)  # refuses a site file with a catch-all
+    lines = [u for u in bootlog.unknown_lines(recorded.evidence)
+             if not allowlist.accepts(u["pattern"])]
+    seen = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(recorded.at))
+    if not lines:
+        print(f"node {node}: nothing to learn: every line its boot-log check of {seen} did not "
+              f"know is in an allowlist now ({', '.join(allowlist.sources)})")
+        return 0
+    interactive = sys.stdin.isatty()
+    if not (args.accept_all or interactive):
+        raise KilnError(f"node {node}: {len(lines)} unknown boot-log line(s), and no terminal to "
+                        "ask about each: run it on a terminal, or pass --accept-all to accept "
+                        f"every one; nothing written to {site}")
+
+    def yes(question: str) -> bool:
+        try:
+            return input(question).strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+
+    accepted = []
+    print(f"node {node}: {len(lines)} kernel log line(s) in no allowlist (boot-log check of "
+          f"{seen}):")
+    for number, line in enumerate(lines, start=1):
+        print(f"[{number}/{len(lines)}] seen {line.get('count', 1)}x\n  pattern: "
+              f"{line['pattern']}\n  example: {line.get('example', '')}")
+        if args.accept_all or yes("  accept it as benign? [y/N] "):
+            accepted.append(line)
+    if not accepted or (interactive and not args.yes and not yes(
+            f"add {len(accepted)} entr{'y' if len(accepted) == 1 else 'ies'} to {site}? [y/N] ")):
+        print(f"nothing written; {site} unchanged")
+        return 0
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    added, refused = bootlog.add_to_allowlist(
+        site, accepted, f"kiln dmesg learn {node}, {now}: accepted from its boot-log check "
+        f"of {seen}")
+    for problem in refused:
+        print(f"kiln: refused: {problem}", file=sys.stderr)
+    print(f"added {len(added)} entr{'y' if len(added) == 1 else 'ies'} to {site}"
+          + "".join(f"\n  {pattern}" for pattern in added))
+    return 1 if refused else 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     # Imported here: only `kiln lab` and `kiln demo` load the lab, whose simulators need the
     # kiln[lab] extra (flask, sushy-tools) that a production controller does not install.
@@ -117,6 +192,33 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the controller's mirror state: group data kiln_mirror_state "
                                "(default: state/mirror)")
     init_key.set_defaults(func=cmd_mirror_init_key)
+
+    health = commands.add_parser("health", help="a node's health results, as the ledger "
+                                                "holds them")
+    health.add_argument("node", metavar="NODE")
+    health.add_argument("--ledger", default="state/kiln.db",
+                        help="the ledger (group data kiln_ledger; default: state/kiln.db)")
+    health.add_argument("--json", action="store_true", help="print JSON, not a table")
+    health.add_argument("--problems", action="store_true", help="only what is not OK")
+    health.set_defaults(func=cmd_health)
+
+    dmesg = commands.add_parser("dmesg", help="the boot-log check's allowlist")
+    dmesg_commands = dmesg.add_subparsers(dest="dmesg_command", required=True)
+    learn = dmesg_commands.add_parser(
+        "learn", help="show the unknown lines of a node's last boot-log check and add the "
+                      "ones you accept to the site allowlist")
+    learn.add_argument("node", metavar="NODE")
+    learn.add_argument("--ledger", default="state/kiln.db",
+                       help="the ledger (group data kiln_ledger; default: state/kiln.db)")
+    learn.add_argument("--allowlist", default="inventory/bootlog-allowlist.txt",
+                       help="the site allowlist to add to (group data kiln_bootlog_allowlist; "
+                            "default: inventory/bootlog-allowlist.txt, beside the inventory)")
+    learn.add_argument("--accept-all", action="store_true",
+                       help="accept every unknown line without asking (needed without a "
+                            "terminal)")
+    learn.add_argument("--yes", action="store_true",
+                       help="do not ask before writing the allowlist")
+    learn.set_defaults(func=cmd_dmesg_learn)
 
     lab = commands.add_parser("lab", help="the simulated cluster: up, down, status, fault")
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)

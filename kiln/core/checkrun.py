@@ -37,20 +37,23 @@ from kiln.core.outcomes import fail_host
 logger = logging.getLogger("pyinfra")
 
 
-def differs(combined: Combined, ledger: str, node: str, check: str) -> bool:
+def differs(combined: Combined, ledger: str, node: str, check: str | None = None) -> bool:
     """Whether the ledger's last status for any subject of `combined` is not the one found
     now (a subject the ledger never saw differs). Subjects the ledger knows and this check
-    no longer reports are left as they are."""
-    last = last_results(ledger, node, check)
-    return any(last.get(r.subject.key) != r.status for r in combined.results)
+    no longer reports are left as they are. `check`: the name every result is recorded
+    under; None: each result's own (several checks judged together)."""
+    names = {check} if check else {r.check for r in combined.results}
+    last = {name: last_results(ledger, node, name) for name in names}
+    return any(last[check or r.check].get(r.subject.key) != r.status
+               for r in combined.results)
 
 
 def _settle(state: State, host: Host, combined: Combined, ledger: str, record: bool,
-            title: str) -> bool:
-    if record and combined.results:
+            title: str, cursors: dict[tuple[str, str], Any] | None = None) -> bool:
+    if record and (combined.results or cursors):
         book = Ledger(ledger)
         try:
-            book.record_results(list(combined.results))
+            book.record_results(list(combined.results), cursors=cursors)
         finally:
             book.close()
     if not combined.passes:
@@ -60,15 +63,18 @@ def _settle(state: State, host: Host, combined: Combined, ledger: str, record: b
     return True
 
 
-def check_commands(combined: Combined, ledger: str, node: str, check: str,
-                   title: str) -> list[FunctionCommand]:
+def check_commands(combined: Combined, ledger: str, node: str, check: str | None,
+                   title: str, cursors: dict[tuple[str, str], Any] | None = None,
+                   ) -> list[FunctionCommand]:
     """What a check operation yields for `combined`: nothing (it passed, as the ledger
     already says: the caller shows its no-op line), or one command that
-    records it and, when it does not pass, fails the node with `title` and the report."""
-    record = differs(combined, ledger, node, check)
+    records it and, when it does not pass, fails the node with `title` and the report.
+    `cursors` ((node, name) -> value): where log checks stopped judging, recorded with the
+    results when given (they moved: new log entries were judged)."""
+    record = differs(combined, ledger, node, check) or bool(cursors)
     if combined.passes and not record:
         return []
-    return [FunctionCommand(_settle, (combined, ledger, record, title), {})]
+    return [FunctionCommand(_settle, (combined, ledger, record, title, cursors), {})]
 
 
 # -- when a check ran, in this run ----------------------------------------------------------

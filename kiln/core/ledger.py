@@ -11,6 +11,7 @@ pool from burn-in, and only through the gate.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from kiln.core.checks import CheckResult, Status
 from kiln.core.errors import KilnError
@@ -104,6 +106,13 @@ CREATE TABLE IF NOT EXISTS checks (
     value REAL,
     detail TEXT NOT NULL DEFAULT '',
     at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (node, name)
 );
 CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
 CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
@@ -209,6 +218,49 @@ def last_results(path: Path | str, node: str, check: str) -> dict[str, Status]:
     return {subject: _status(status, passed) for subject, status, passed in rows}
 
 
+def latest_results(path: Path | str, node: str,
+                   checks: tuple[str, ...] | None = None) -> list[RecordedCheck]:
+    """The last recorded result of every (check, subject) of the node, by check then
+    subject; [] when there is no ledger. Read without writing anything (`kiln health`)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    db = _read_only(path)
+    try:
+        rows = db.execute(
+            "SELECT c.node, c.name, c.subject, c.status, c.passed, c.detail, c.subject_text, "
+            "c.evidence, c.remediation, c.at FROM checks c JOIN ("
+            " SELECT name, subject, MAX(id) AS id FROM checks WHERE node = ?"
+            " GROUP BY name, subject) last ON c.id = last.id ORDER BY c.name, c.subject",
+            (node,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [RecordedCheck(n, name, subject, _status(status, passed), detail, text,
+                          evidence or "", remediation or "", at)
+            for n, name, subject, status, passed, detail, text, evidence, remediation, at
+            in rows if checks is None or name in checks]
+
+
+def read_cursor(path: Path | str, node: str, name: str) -> Any:
+    """Where a check that reads a growing log (the kernel log, the BMC's event log) stopped
+    judging on this node last time (JSON, as `Ledger.set_cursor` stored it); None when it
+    never ran. Read without writing anything, while the check plans."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    db = _read_only(path)
+    try:
+        row = db.execute("SELECT value FROM cursors WHERE node = ? AND name = ?",
+                         (node, name)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # a ledger from before cursors: none kept yet
+    finally:
+        db.close()
+    return json.loads(row[0]) if row else None
+
+
 def last_passed(path: Path | str, node: str, check: str) -> float | None:
     """When the node last passed `check`, as the ledger at `path` records it; None when it
     never did (or there is no ledger). Read without writing anything, like
@@ -225,6 +277,39 @@ def last_passed(path: Path | str, node: str, check: str) -> float | None:
     finally:
         db.close()
     return float(row[0]) if row and row[0] is not None else None
+
+
+def last_recorded(path: Path | str, node: str, check: str,
+                  subject: str | None = None) -> RecordedCheck | None:
+    """The last recorded result of `check` for the node (for one subject, Subject.key, when
+    given), with its evidence; None when there is none (or no ledger). Read without
+    writing anything: what `kiln dmesg learn` reads the boot-log check's unknown lines from."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    db = _read_only(path)
+    try:
+        query = ("SELECT node, name, subject, status, passed, detail, subject_text, evidence, "
+                 "remediation, at FROM checks WHERE node = ? AND name = ?")
+        args: tuple[str, ...] = (node, check)
+        if subject is not None:
+            query += " AND subject = ?"
+            args += (subject,)
+        row = db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone()
+    except sqlite3.OperationalError:
+        return None  # no ledger in the file yet, or one from before typed results
+    finally:
+        db.close()
+    if row is None:
+        return None
+    n, name, key, status, passed, detail, text, evidence, remediation, at = row
+    return RecordedCheck(n, name, key, _status(status, passed), detail, text, evidence,
+                         remediation, at)
+
+
+_SET_CURSOR = ("INSERT INTO cursors (node, name, value, updated_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT(node, name) DO UPDATE SET value = excluded.value, "
+               "updated_at = excluded.updated_at")
 
 
 class Ledger:
@@ -361,8 +446,10 @@ class Ledger:
         self.record_results([result], value=value, run_id=run_id)
 
     def record_results(self, results: list[CheckResult], value: float | None = None,
-                       run_id: int | None = None) -> None:
-        """Several results, in one transaction (one check's results for every part)."""
+                       run_id: int | None = None,
+                       cursors: dict[tuple[str, str], Any] | None = None) -> None:
+        """Several results, in one transaction (one check's results for every part), with
+        the log cursors ((node, name) -> value) they were judged up to: both or neither."""
         now = time.time()
         with self._write() as db:
             db.executemany(
@@ -373,6 +460,13 @@ class Ledger:
                   r.subject.key, str(r.subject), r.evidence_json(),
                   str(r.remediation) if r.remediation else "", now) for r in results],
             )
+            for (node, name), cursor in (cursors or {}).items():
+                db.execute(_SET_CURSOR, (node, name, json.dumps(cursor, sort_keys=True), now))
+
+    def set_cursor(self, node: str, name: str, value: Any) -> None:
+        """Keep where a log check stopped (see `read_cursor`)."""
+        with self._write() as db:
+            db.execute(_SET_CURSOR, (node, name, json.dumps(value, sort_keys=True), time.time()))
 
     def results(self, node: str, check: str | None = None) -> list[RecordedCheck]:
         """Every recorded check of the node (or only `check`), oldest first."""

@@ -213,13 +213,85 @@ class OutlierRule(Strict):
     min_fleet_size: Annotated[int, Field(ge=3)] = 5
 
 
-class HealthLimits(Strict):
+class NvlinkLimits(Strict):
+    """NVLink error counters (`nvidia-smi nvlink -e`, per link, since the driver loaded) a
+    healthy link stays within. CRC errors are retried by the link layer; replays and
+    recoveries are what a failing link or connector shows first."""
+
+    max_crc_errors: Annotated[int, Field(ge=0)] = 100
+    max_replay_errors: Annotated[int, Field(ge=0)] = 100
+    max_recovery_errors: Annotated[int, Field(ge=0)] = 0
+
+
+class GPUHealth(Strict):
+    """What a healthy GPU of this SKU reads (`nvidia-smi -q`)."""
+
     max_uncorrectable_ecc_volatile: Annotated[int, Field(ge=0)] = 0
     max_uncorrectable_ecc_aggregate: Annotated[int, Field(ge=0)] = 0
+    # Correctable errors are fixed in flight, but a storm of them makes a straggler: the
+    # GPU spends cycles correcting. Volatile: since the driver loaded.
+    max_correctable_ecc_volatile: Annotated[int, Field(ge=0)] = 10000
     max_remapped_rows_uncorrectable: Annotated[int, Field(ge=0)] = 0
     allow_remap_pending: bool = False
     allow_remap_failure: bool = False
     max_retired_pages: Annotated[int, Field(ge=0)] = 0
+    max_temperature_c: Annotated[int, Field(gt=0)] = 85
+    max_memory_temperature_c: Annotated[int, Field(gt=0)] = 95
+    persistence_mode: bool = True
+    # InfoROM image version as `nvidia-smi -q` prints it ("G520.0200.00.05"); empty: any.
+    inforom_image: str = ""
+    nvlink: NvlinkLimits = NvlinkLimits()
+    # Clocks event reasons (nvidia-smi -q, snake_case) that make a GPU CRITICAL while
+    # active, and those that are only reported (WARN). Idle, application clocks and sync
+    # boost are normal and listed in neither.
+    critical_clock_events: list[str] = ["hw_slowdown", "hw_thermal_slowdown",
+                                        "hw_power_brake_slowdown"]
+    warn_clock_events: list[str] = ["sw_thermal_slowdown"]
+
+
+class HostHealth(Strict):
+    """The host around the GPUs: what the SKU's bill of materials says. A field left out is
+    not checked (and the check says so)."""
+
+    cpu_model: str | None = None  # a substring of /proc/cpuinfo's "model name"
+    cpu_sockets: Annotated[int, Field(ge=1)] | None = None
+    cpu_threads: Annotated[int, Field(ge=1)] | None = None
+    memory_gib: Annotated[float, Field(gt=0)] | None = None
+    # DIMMs lost at boot shrink MemTotal by a DIMM's size; the kernel's own reservations
+    # shrink it a little on every node: the tolerance tells the two apart.
+    memory_tolerance_pct: Annotated[float, Field(ge=0, le=50)] = 3.0
+    nvme_count: Annotated[int, Field(ge=0)] | None = None
+    # mount point -> free space it must keep (GiB)
+    min_free_gib: dict[str, Annotated[float, Field(ge=0)]] = {"/": 10.0}
+    swap: Literal["off", "any"] = "off"
+    time_sync: bool = True
+    # A runtime that must start a container seeing every GPU ("docker"), or none.
+    container_runtime: Literal["docker", "none"] = "none"
+    container_image: str = ""
+
+    @model_validator(mode="after")
+    def _image_for_runtime(self) -> HostHealth:
+        if self.container_runtime != "none" and not self.container_image:
+            raise ValueError("container_runtime needs container_image (an image with "
+                             "nvidia-smi, from the cluster's registry)")
+        return self
+
+
+class Timeouts(Strict):
+    """Seconds each part of the health read may take before it is UNKNOWN."""
+
+    read_s: Annotated[int, Field(ge=1)] = 60
+    dcgm_s: Annotated[int, Field(ge=1)] = 300
+    container_s: Annotated[int, Field(ge=1)] = 120
+
+
+class Health(Strict):
+    """Single-node health thresholds (kiln.roles.health)."""
+
+    dcgmi_diag_level: Literal[1, 2, 3, 4] = 1
+    timeouts: Timeouts = Timeouts()
+    gpu: GPUHealth = GPUHealth()
+    host: HostHealth = HostHealth()
 
 
 class Burnin(Strict):
@@ -227,7 +299,6 @@ class Burnin(Strict):
     single_node_all_reduce: AllReduceFloor
     two_node_all_reduce: AllReduceFloor
     ib_write_bw_min_gbps: Annotated[float, Field(gt=0)]  # per HCA, Gb/s as ib_write_bw prints
-    health: HealthLimits = HealthLimits()
     outliers: OutlierRule = OutlierRule()
 
 
@@ -240,6 +311,7 @@ class Manifest(Strict):
     settings: Settings = Settings()
     topology: Topology
     burnin: Burnin
+    health: Health = Health()
     max_parallel_firmware: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")

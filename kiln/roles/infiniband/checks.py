@@ -19,7 +19,7 @@ from kiln.core.manifest import HCATopology
 CHECK_NAME = "infiniband-hca"
 
 _EVIDENCE = ("node_guid", "port_guid", "firmware", "psid", "state", "physical_state", "rate",
-             "link_layer", "pci", "pcie_width", "netdev")
+             "link_layer", "pci", "pcie_width", "pcie_speed", "netdev")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,14 @@ def check_hca(hca: dict[str, Any], expect: HCATopology, node: str = "this host")
                              Remediation(Action.RESEAT, f"reseat HCA {device}{where} in its "
                                          "slot (and its riser); RMA the card if it stays at "
                                          f"x{width}")))
+        gen = pcie_gen(hca.get("pcie_speed"))
+        if hca.get("pcie_speed") and gen is not None and gen != expect.pcie.gen:
+            where = f" ({hca['pci']})" if hca.get("pci") else ""
+            critical.append((f"PCIe Gen{gen} ({hca['pcie_speed']}), not Gen{expect.pcie.gen}"
+                             f"{where}", Remediation(Action.RESEAT, f"reseat HCA {device}"
+                                                     f"{where} and its riser; check the "
+                                                     "slot's BIOS link speed setting; RMA "
+                                                     "the card if it stays slow")))
     subject = _subject(node, hca)
     if critical:
         return CheckResult(CHECK_NAME, subject, Status.CRITICAL,
@@ -106,6 +114,18 @@ def check_hca(hca: dict[str, Any], expect: HCATopology, node: str = "this host")
                                        f"readable for {device} (OFED installed, driver "
                                        "loaded), run the stage again"))
     return CheckResult(CHECK_NAME, subject, Status.OK, (), evidence)
+
+
+# PCIe transfer rate per lane -> generation, as sysfs current_link_speed prints it
+# ("32.0 GT/s PCIe").
+_GEN_BY_RATE = {"2.5": 1, "5.0": 2, "8.0": 3, "16.0": 4, "32.0": 5, "64.0": 6}
+
+
+def pcie_gen(speed: str | None) -> int | None:
+    """"32.0 GT/s PCIe" -> 5; None when not read or not a rate sysfs prints."""
+    if not speed:
+        return None
+    return _GEN_BY_RATE.get(speed.split()[0])
 
 
 def rails(hcas: list[dict[str, Any]], expect: HCATopology) -> list[dict[str, Any]]:
