@@ -131,6 +131,14 @@ def check_count(node: str, state: SmiState, manifest: Manifest) -> list[CheckRes
             Remediation(Action.REBOOT, f"power cycle the node through its BMC; if GPU {pci} "
                         "falls off again, reseat the GPU tray and RMA the GPU")))
     problems: list[tuple[str, Remediation]] = []
+    if state.lost and state.report is None:
+        # nvidia-smi -q stops at a lost GPU without printing the others: their count is not
+        # known, the lost one is reported above.
+        results.append(CheckResult(GPU_COUNT, subject, Status.CRITICAL,
+                                   (f"{len(state.lost)} GPU(s) lost; nvidia-smi -q reports "
+                                    "no others while one is lost",), evidence,
+                                   results[0].remediation))
+        return results
     if len(gpus) != expect.count:
         problems.append((f"{len(gpus)} of {expect.count} GPUs present",
                          Remediation(Action.RESEAT, "a GPU the SKU has is missing: power cycle "
@@ -339,13 +347,18 @@ def check_thermal(node: str, state: SmiState, manifest: Manifest) -> list[CheckR
                               "hot in a cool chassis")
         critical: list[tuple[str, Remediation]] = []
         warn = []
+        power = Remediation(Action.CHECK_CABLE, f"GPU {index} is held in power brake: "
+                            "check the node's power supplies and power cabling, then the "
+                            "baseboard")
+        slowed = Remediation(Action.RMA, f"GPU {index}'s own hardware cut its clocks (not "
+                             "thermal, not power brake): read its ECC counters and Xids; "
+                             "reset it, RMA it if the slowdown returns")
         for reason in active:
             if reason in limits.critical_clock_events:
-                critical.append((f"clocks held down: {reason.replace('_', ' ')} active",
-                                 cooling if "thermal" in reason else
-                                 Remediation(Action.CHECK_CABLE, f"GPU {index} is slowed by "
-                                             "hardware: check the node's power supplies and "
-                                             "power cabling (power brake), then the GPU")))
+                why = (cooling if "thermal" in reason or "hw_thermal_slowdown" in active else
+                       power if "power_brake" in reason or "hw_power_brake_slowdown" in active
+                       else slowed)
+                critical.append((f"clocks held down: {reason.replace('_', ' ')} active", why))
             elif reason in limits.warn_clock_events:
                 warn.append(f"{reason.replace('_', ' ')} active")
         if isinstance(temp, int) and temp > limits.max_temperature_c:

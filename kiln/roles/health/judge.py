@@ -44,7 +44,7 @@ class Evaluation:
 
 
 def unknown(check: str, node: str, why: str) -> CheckResult:
-    return CheckResult(check, Subject(node), Status.UNKNOWN, (why,), {},
+    return CheckResult(check, Subject(node), Status.UNKNOWN, (f"{check}: {why}",), {},
                        Remediation(Action.RETRY, "make it readable on the node, run the "
                                    "health check again"))
 

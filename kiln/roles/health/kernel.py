@@ -117,6 +117,14 @@ def judge_kernel_log(node: str, text: str, boot_id: str, cursor: LogCursor | Non
     return XidJudgement(results, next_cursor, bool(new))
 
 
+def _when(stamp: str) -> str:
+    """dmesg's seconds since boot read as such ("120.000000" -> "120.0 s after boot")."""
+    try:
+        return f"{float(stamp):.1f} s after boot"
+    except ValueError:
+        return stamp
+
+
 def _judged(subject: Subject, hits: list[tuple[Any, dict[str, Any]]],
             since: float | None) -> CheckResult:
     if not hits:
@@ -126,7 +134,7 @@ def _judged(subject: Subject, hits: list[tuple[Any, dict[str, Any]]],
     for verdict, event in hits:
         code = event.get("xid", event.get("sxid"))
         what = "Xid" if "xid" in event else "SXid"
-        problems.append(f"{what} {code} at {event['timestamp']} ({verdict.cls}): "
+        problems.append(f"{what} {code} at {_when(event['timestamp'])} ({verdict.cls}): "
                         f"{event['message'][:160]}")
         evidence.append({"code": code, "kind": what, "class": verdict.cls,
                          "timestamp": event["timestamp"], "message": event["message"],

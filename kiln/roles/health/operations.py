@@ -74,10 +74,10 @@ def _sel(target: Host) -> SelRead | None:
                        type(exc).__name__)
 
 
-def _settle(state: State, host_: Host, evaluation: Evaluation, ledger: str, record: bool,
+def _settle(state: State, host: Host, evaluation: Evaluation, ledger: str, record: bool,
             title: str, drain: bool, pool_file: str) -> bool:
     combined = Combined.of(evaluation.results)
-    node = node_context(host_).label
+    node = node_context(host).label
     if record:
         book = Ledger(ledger)
         try:
@@ -85,11 +85,11 @@ def _settle(state: State, host_: Host, evaluation: Evaluation, ledger: str, reco
         finally:
             book.close()
     if combined.status == Status.CRITICAL and drain:
-        _drain(host_, node, ledger, pool_file, combined)
+        _drain(host, node, ledger, pool_file, combined)
     if not combined.passes:
-        return fail_host(host_, f"{title}: " + "\n".join(combined.report()))
+        return fail_host(host, f"{title}: " + "\n".join(combined.report()))
     for line in combined.report():  # the WARNs
-        host_.log_styled(line, fg="yellow", log_func=logger.warning)
+        host.log_styled(line, fg="yellow", log_func=logger.warning)
     return True
 
 
@@ -121,7 +121,8 @@ def node_health(drain: bool = False):  # noqa: ANN201
         ledger = str(ctx.ledger_path)
         node = ctx.label
         # The BMC's event log (HTTP or ipmitool) is read while the SSH read runs.
-        sel_reader = gevent.spawn(_sel, host)
+        # The Host itself, not pyinfra's context proxy: the proxy is empty in another greenlet.
+        sel_reader = gevent.spawn(_sel, host._get_module())
         text = _read(host, manifest.health)
         sel = sel_reader.get()
         allowlist = bootlog.load_allowlist(site=_site_allowlist(ctx))
@@ -129,8 +130,10 @@ def node_health(drain: bool = False):  # noqa: ANN201
     except KilnError as exc:
         yield fail(f"node {node_context(host).label}: {exc}")
         return
+    limits = {part.name: part.timeout_s
+              for part in sections(manifest.health, df_paths(manifest.health.host.min_free_gib))}
     evaluation = evaluate(
-        node, split_sections(text), manifest,
+        node, split_sections(text, limits), manifest,
         kernel_cursor=read_cursor(ledger, node, KERNEL_CURSOR), sel=sel,
         sel_cursor=read_cursor(ledger, node, SEL_CURSOR), allowlist=allowlist,
         critical_rules=critical)
