@@ -36,7 +36,8 @@ def as_json(rows: list[RecordedCheck]) -> list[dict[str, Any]]:
 
 
 def render(rows: list[RecordedCheck], node: str, only_problems: bool = False) -> str:
-    """A table a person reads in a terminal (rich), worst first."""
+    """A table a person reads in a terminal (rich): every result that is not OK on its own
+    row, worst first; the OK results one row per check ("8 parts")."""
     from rich.console import Console
     from rich.table import Table
 
@@ -45,16 +46,30 @@ def render(rows: list[RecordedCheck], node: str, only_problems: bool = False) ->
     table = Table(title=f"health of {node}", show_lines=False)
     for column in ("status", "check", "part", "what", "do", "when"):
         table.add_column(column, overflow="fold")
-    shown = [r for r in rows if not only_problems or r.status != Status.OK]
-    for r in shown:
-        part = r.subject if r.subject != "node" else ""
-        what = r.detail.split(": ", 2)[-1] if r.status != Status.OK else ""
-        what = what.split(" -> ")[0]
+    for r in rows:
+        if r.status == Status.OK:
+            continue
+        part = r.subject_text.split(": ", 1)[1] if ": " in r.subject_text else ""
+        what = r.detail.split(": ", 2)[-1].split(" -> ")[0]
         table.add_row(f"[{colour[r.status]}]{r.status}[/]", r.name, part, what,
-                      r.remediation, datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M"))
+                      r.remediation, _when(r.at))
+    if not only_problems:
+        ok: dict[str, list[RecordedCheck]] = {}
+        for r in rows:
+            if r.status == Status.OK:
+                ok.setdefault(r.name, []).append(r)
+        for name, group in sorted(ok.items()):
+            parts = [r.subject for r in group if r.subject != "node"]
+            label = (f"{len(parts)} parts" if len(parts) > 1 else parts[0] if parts else "")
+            table.add_row(f"[{colour[Status.OK]}]OK[/]", name, label, "", "",
+                          _when(max(r.at for r in group)))
     console = Console(width=160, record=True, force_terminal=False)
     with console.capture() as capture:
         console.print(table)
         counts = {s: sum(1 for r in rows if r.status == s) for s in Status}
         console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no results")
     return capture.get()
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M")
