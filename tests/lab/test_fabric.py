@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from lab_data import lab_apt_data
 
 from kiln.lab.credentials import read_lab_secrets
 from kiln.lab.hwsim.profile import ipoib_netdev
@@ -37,24 +38,6 @@ FAULTS = [
     {"node": PORT_DOWN, "kind": "hca-port-down", "hca": 3},
     {"node": HALF_RATE, "kind": "hca-rate", "hca": 1, "rate": 200},
 ]
-
-
-def lab_apt_data(state) -> list[str]:
-    """The vendor repository as the nodes' apt source, as test_pin_stack gives it."""
-    repo = state.endpoints["vendor_repo"]
-    data = {
-        "kiln_apt_mirror": {
-            "sources": [{"uri": f"{repo}apt", "suite": "kilnlab", "components": ["main"]},
-                        {"uri": f"{repo}os", "suite": "bookworm", "components": ["main"]}],
-            "key": f"{repo}keys/lab-archive.asc",
-        },
-        "kiln_ntp_servers": [state.network["gateway"]],
-        "kiln_time_sync_sets_clock": False,
-    }
-    args = []
-    for key, value in data.items():
-        args += ["--data", f"{key}={json.dumps(value)}"]
-    return args
 
 
 def profile(state, node: str) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab_data import lab_apt_data
 
 pytestmark = pytest.mark.lab
 
@@ -54,20 +55,6 @@ FAULTS = [
 ]
 
 
-def apt_data(state) -> list[str]:
-    repo = state.endpoints["vendor_repo"]
-    data = {
-        "kiln_apt_mirror": {
-            "sources": [{"uri": f"{repo}apt", "suite": "kilnlab", "components": ["main"]},
-                        {"uri": f"{repo}os", "suite": "bookworm", "components": ["main"]}],
-            "key": f"{repo}keys/lab-archive.asc",
-        },
-        "kiln_ntp_servers": [state.network["gateway"]],
-        "kiln_time_sync_sets_clock": False,
-    }
-    return [arg for key, value in data.items() for arg in ("--data", f"{key}={json.dumps(value)}")]
-
-
 class Health:
     def __init__(self, state, labtools, tmp: Path):
         self.state, self.labtools, self.tmp = state, labtools, tmp
@@ -78,7 +65,7 @@ class Health:
     def pyinfra(self, deploy: str, *args: str, apply: bool = True
                 ) -> subprocess.CompletedProcess[str]:
         command = [str(self.labtools.bin / "pyinfra"), *(["-y"] if apply else ["--dry"]),
-                   "inventory/lab.py", deploy, *apt_data(self.state),
+                   "inventory/lab.py", deploy, *lab_apt_data(self.state),
                    "--data", f"kiln_bootlog_allowlist={self.allowlist}", *args]
         return subprocess.run(command, cwd=self.labtools.root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=900)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab_data import lab_stage_data
 
 from kiln.core.manifest import load_manifest
 from kiln.lab import cluster
@@ -65,19 +66,9 @@ ALLOWED_SKIPS = {
 
 
 def lab_data(state) -> dict:
-    """Host data the roles need that the lab inventory does not carry (yet): the vendor
-    repository as the mirror, the lab gateway as NTP server, a clock chrony must not set."""
-    repo = state.endpoints["vendor_repo"]
-    wanted = {
-        "kiln_apt_mirror": {
-            "sources": [{"uri": f"{repo}apt", "suite": "kilnlab", "components": ["main"]},
-                        {"uri": f"{repo}os", "suite": "bookworm", "components": ["main"]}],
-            "key": f"{repo}keys/lab-archive.asc",
-        },
-        "kiln_ntp_servers": [state.network["gateway"]],
-        "kiln_time_sync_sets_clock": False,
-        "kiln_sysctl": LAB_SYSCTL,
-    }
+    """The shared lab stage data (tests/support/lab_data.py) and this module's sysctl
+    settings, less what the lab inventory already carries."""
+    wanted = {**lab_stage_data(state), "kiln_sysctl": LAB_SYSCTL}
     inventory = lab_host_data(state, state.node(NODES[0]))
     return {key: value for key, value in wanted.items() if key not in inventory}
 
