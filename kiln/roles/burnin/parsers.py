@@ -7,32 +7,74 @@ Pure functions, text in, plain data out; input that is not what the tool prints 
 parse_nccl_tests(text) -> dict
   Accepts the tool's stdout as printed directly, through `mpirun` (lines prefixed
   "[1,0]<stdout>:") or `srun --label` ("0: "), with NCCL_DEBUG=INFO lines interleaved,
-  and both column layouts: the old one with an `error` column and the new one with
-  `redop root` and `#wrong`.
-    nccl_version   str | None         "2.16.2+cuda11.6" (from "NCCL version …"/"# NCCL version")
+  every column layout nccl-tests has printed (the old one with an `error` column, the
+  2.13+ one with `redop root … #wrong`, with -C's `cputime`, -I's per-iteration columns and
+  -S's timestamp), an excerpt cut from a log (the column header and rows, or rows alone),
+  and the JSON report nccl-tests 2.17.4+ writes with `-J <file>.json` (recognised by its
+  leading "{"; see parse_nccl_tests_json).
+    format         "text" | "json"
+    nccl_version   str | None         "2.16.2+cuda11.6" (from "NCCL version …", an INFO line
+                                      saying it, or the "nccl-library=22907" code: "2.29.7")
+    tests_version  str | None         "2.18.0" ("# nccl-tests version …", 2.17.4+)
+    collective     str | None         "all_reduce_perf" ("# Collective test starting: …")
+    json_output    str | None         where the build wrote its JSON ("# Writing JSON output to")
     params         {name: int}        from the "# nThread 1 nGpus 8 minBytes …" line:
                                       nthread, ngpus, minbytes, maxbytes, warmup_iters, iters,
-                                      agg_iters, validation, graph (those printed)
-    ranks          [{rank, group (int|None), pid, host, device, bus_id ("0x18"), device_name}]
-    layout         "wrong" (new, #wrong column) | "error" (old, error column)
+                                      agg_iters, validation, graph, step, unalign (those printed)
+    ranks          [{rank, group (int|None), pid, host, device, bus_id ("0x18" or
+                     "0000:18:00", as printed), device_name}]
+    layout         "wrong" (#wrong column) | "error" (old error column) | None (no table)
+    columns        "header" (printed) | "inferred" (rows alone: see below) | None
+    excerpt        bool               no "# nThread …" line: cut from a longer log
     rows           [row] in the order printed
       row: {size: int bytes, count: int, type: str, redop: str, root: int | None,
             out_of_place: {time_us, algbw, busbw: float (GB/s), wrong: int|None,
                            error: float|None},
-            in_place: {…same…}}
+            in_place: {…same…}}   (+ "timestamp" where -S printed one)
     avg_busbw      float | None       "# Avg bus bandwidth : N" (GB/s)
+    avg_busbw_check str | None        "OK" | "FAILED" beside it (NCCL_TESTS_MIN_BW set)
     out_of_bounds  int | None         "# Out of bounds values : N OK"
     out_of_bounds_ok bool | None
     complete       bool               the "# Avg bus bandwidth" line was seen
-    failures       [str]              "Test NCCL failure …"/"Test CUDA failure …" lines
+    cut_line       str | None         the capture's last line, a row cut short, left out
+    failures       [str]              the tool's own failure lines: "Test NCCL failure …",
+                                      "Test CUDA failure …", " .. host pid N: Test failure …",
+                                      "host: Test timeout (Ns) …" (its -T watchdog),
+                                      "Invalid number of GPUs: 8 requested but only 7 were
+                                      found."
+    usage_errors   [str]              nccl-tests refusing its arguments ("invalid size
+                                      specified for 'minbytes'", getopt's complaints)
+    crashes        [str]              a process died of a signal: "Segmentation fault",
+                                      "Bus error", OpenMPI's "*** Process received signal
+                                      ***"/"Signal: …", "exited on signal 11", srun's "task 0:
+                                      Segmentation fault"
     warnings       [str]              "NCCL WARN …" lines
+    last_error     str | None         "# error: …" (ncclGetLastError at exit)
     launcher_messages [str]           what the launcher and its transport said that is not
                                       a failure: OpenMPI help boxes that warn (joined into
                                       one string each), "[host:pid] …" notices, srun's
-                                      informational lines, ssh's "Warning: Permanently added"
+                                      informational lines, ssh's "Warning: Permanently added",
+                                      and in a capture tagged by mpirun's --tag-output, every
+                                      untagged line (the ranks' output is all tagged, so the
+                                      rest is mpirun's own or its remote shell's)
     launcher_errors [str]             the launcher's failure text (see below), when the
                                       tool's own report still says what happened
+  Rows alone. An excerpt without the column header is read when the first row's shape says
+  which layout it is: its value count (13: size count type redop root and twice time algbw
+  busbw #wrong, or the old reduce's … error; 12: size count type redop|root and twice
+  time algbw busbw error; 11: the old all_gather's size count type …; 21: 2.19's
+  per-iteration columns), a type and a reduction nccl-tests names, integer size and count.
+  `columns` is then "inferred"; any other row without a header is a ParseError naming it.
   busbw_at(result, size) -> float | None: out-of-place busbw at `size` bytes (last row).
+
+parse_nccl_tests_json(text) -> dict
+  nccl-tests' `-J` report (JSON_FILE_VERSION 1 to 3: {version, start_time, args, env,
+  nccl_version (code), config {…, devices […]}, results [{size, count, type, redop, root,
+  out_of_place|in_place {time|cpu_time, alg_bw, bus_bw, nwrong}, …}], out_of_bounds {count,
+  okay}, average_bus_bandwidth {bandwidth, okay} (spelt "average_bus_bandwidith"/"bandwidith"
+  before 2.17.9), errors [str], end_time}) in parse_nccl_tests' shape, `format` "json". Its
+  booleans are the strings "true"/"false" as nccl-tests writes them. A report cut short (the
+  run killed before nccl-tests closed the file) gives what it holds so far, `complete` false.
 
 parse_ib_write_bw(text) -> dict   (also ib_read_bw/ib_send_bw: same table)
     test           str | None         "RDMA_Write BW Test"
@@ -46,6 +88,11 @@ parse_ib_write_bw(text) -> dict   (also ib_read_bw/ib_send_bw: same table)
     complete       bool               a rule closed the table after its last row
     errors         [str]              perftest's failure lines ("Couldn't connect to …",
                                       "Completion with error at client", "Failed status …")
+    gpudirect      bool               the buffer was GPU memory (--use_cuda: "initializing
+                                      CUDA", "allocated GPU buffer …"), so GPUDirect RDMA ran
+    dmabuf         bool               … registered through DMA-BUF ("using DMA-BUF …")
+    gpu_pcie       str | None         the GPU's PCIe address ("CUDA device 0: PCIe address
+                                      is 8F:00")
     launcher_messages, launcher_errors  as for nccl-tests
   MB/sec is perftest's MiB/s (2**20 bytes); Gb/sec is 10**9 bits: converted accordingly.
   Read as real captures come: banner fields split by tabs (perftest 4.x) or runs of spaces
@@ -55,22 +102,29 @@ parse_ib_write_bw(text) -> dict   (also ib_read_bw/ib_send_bw: same table)
   a capture cut off inside the table (its rows so far, `complete` false). A run that failed
   after its banner gives no rows and its `errors`; text with neither banner nor table is a
   ParseError.
+  perftest_errors(text) -> [str]: perftest's failure lines in any text, banner or not (what
+  a run that failed before its banner printed: " Port number 1 state is Down", " Unable to
+  find the Infiniband/RoCE device").
 
 Launchers. Both parsers accept the launchers' line prefixes and recognise the launchers' own
 failure text: OpenMPI's help boxes (between lines of 74 dashes: "mpirun was unable to launch
 …", "ORTE was unable to reliably start one or more daemons", "There are not enough slots
-…", "mpirun noticed that process rank N … exited on signal N", "Primary job terminated
-normally, but …") and Slurm's ("srun: error: …", "srun: Job step aborted", "slurmstepd:
-error: …"). When that text is there and the tool's report is missing or cut short without
-a failure of the tool's own to explain it, the parser raises `LauncherError` (a ParseError
-subclass naming the launcher, with the partial result): the launcher failed, not the node's
-hardware and not the parser. When the report is complete, or the tool printed its own failure
-("Test NCCL failure", "Completion with error"), the launcher's text (it only relays the exit
-status) is kept in `launcher_errors` and the result is returned.
+…", "Your job has requested more processes than the ppr …", "mpirun noticed that process
+rank N … exited on signal N", "Primary job terminated normally, but …"), Slurm's ("srun:
+error: …", "srun: Job step aborted", "slurmstepd: error: …") and their remote shell's ("ssh:
+connect to host … Connection refused", "Permission denied (publickey…)", "Host key
+verification failed."). When that text is there and the tool's report is missing or cut
+short without a failure of the tool's own (or a crash) to explain it, the parser raises
+`LauncherError` (a ParseError subclass naming the launcher, with the partial result): the
+launcher failed, not the node's hardware and not the parser. When the report is complete, or
+the tool printed its own failure ("Test NCCL failure", "Completion with error") or died of a
+signal (mpirun's "exited on signal 11 (Segmentation fault)" is a crash it relays), the
+launcher's text is kept in `launcher_errors` and the result is returned.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -83,12 +137,38 @@ _SRUN_PREFIX = re.compile(r"^\s*\d+:(?: |$)")
 _MPIRUN_TAG_INSIDE = re.compile(r"\s?\[\d+,\d+\]<(?:stdout|stderr)>:\s?")
 _RANK = re.compile(
     r"^#\s*Rank\s+(\d+)(?:\s+Group\s+(\d+))?\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)"
-    r"\s+\[(0x[0-9a-fA-F]+)\]\s+(.*?)\s*$"
+    r"\s+\[((?:0x)?[0-9a-fA-F]+(?::[0-9a-fA-F]+)*)\]\s+(.*?)\s*$"
 )
 _PARAMS = re.compile(r"(nThread|nGpus|minBytes|maxBytes|warmup iters|agg iters|iters|validation|"
-                     r"graph|step)\s*:?\s*(-?\d+)")
+                     r"graph|step|unalign)\s*:?\s*(-?\d+)")
 _NCCL_LOG = re.compile(r"\bNCCL (INFO|WARN|TRACE|ABORT)\b")
-_FAILURE = re.compile(r"\bTest (?:NCCL |CUDA )?failure\b|\bTest failure\b")
+_NCCL_VERSION = re.compile(r"\bNCCL version (\S+)")
+_FAILURE = re.compile(r"\bTest (?:NCCL |CUDA )?failure\b|\bTest failure\b|\bTest timeout \(\d+s\)")
+# What nccl-tests prints to stderr when it cannot start: a wrong GPU count (on a node that
+# lost a GPU: "8 requested but only 7 were found"), a library it was not built for.
+_TOOL_FAILURE = re.compile(
+    r"^Invalid number of GPUs: \d+ requested|^Please check the number of processes and GPUs|"
+    r"^Incompatible NCCL versions\b|^Device implementation \d+ is not supported"
+)
+# nccl-tests (or getopt for it) refusing its command line, and the usage text that follows.
+_USAGE_ERROR = re.compile(
+    r"^invalid sizes? (?:specified )?for\b|^Option -\w\b.*\brequires\b|"
+    r"^\S+: (?:invalid|unrecognized) option\b|^\S+: option '?-[-\w]*'? requires an argument"
+)
+_USAGE_TEXT = re.compile(r"^USAGE: |^\[-\w,--")
+# A process that died of a signal, said by the shell, the C library, OpenMPI's or UCX's
+# signal handler, mpirun ("exited on signal 11 (Segmentation fault)") or srun ("task 0:
+# Segmentation fault"). SIGKILL is not here: it is how a deadline or the OOM killer ends a run.
+_CRASH = re.compile(
+    r"\bSegmentation fault\b|\bBus error\b|\bIllegal instruction\b|"
+    r"\bFloating point exception\b|\bAborted \(core dumped\)|"
+    r"\b(?:exited on|Caught) signal (?:4|6|7|8|11)\b|\*\*\* Process received signal \*\*\*|"
+    r"\bSignal: (?:Aborted|Bus error|Illegal instruction|Floating point exception)"
+)
+# nccl-tests' type and reduction names, old and new: what a header-less row may hold.
+_NCCL_TYPES = frozenset({"int8", "uint8", "int32", "uint32", "int64", "uint64", "half", "float",
+                         "double", "bfloat16", "f8e4m3", "f8e5m2", "char", "int"})
+_NCCL_OPS = frozenset({"sum", "prod", "max", "min", "avg", "mulsum", "premulsum", "none"})
 _FLOAT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 
 
@@ -103,6 +183,8 @@ _LAUNCHER_FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"unexpectedly failed)\b")),
     ("mpirun", re.compile(r"^An? (?:ORTE|PRTE) daemon has unexpectedly failed")),
     ("mpirun", re.compile(r"^There are not enough slots available in the system")),
+    ("mpirun", re.compile(r"^Your job has requested more processes than")),
+    ("mpirun", re.compile(r"^No executable was specified on the (?:mpirun|prterun) command")),
     ("mpirun", re.compile(r"^Primary job\s+terminated normally, but")),
     ("mpirun", re.compile(r"ORTE_ERROR_LOG|PMIX ERROR|^\*\*\* An error occurred in MPI_")),
     ("mpirun", re.compile(r"\b(?:mpirun|mpiexec|prterun): (?:command )?not found")),
@@ -110,6 +192,11 @@ _LAUNCHER_FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("srun", re.compile(r"^srun: (?:Job step aborted|Force Terminated)")),
     ("srun", re.compile(r"^slurmstepd(?:-[\w.-]+)?: error:")),
     ("srun", re.compile(r"\bsrun: (?:command )?not found")),
+    # mpirun starts its daemons over ssh: a node that refuses it fails the launch
+    ("ssh", re.compile(r"^ssh: (?:connect to host|Could not resolve hostname)\b")),
+    ("ssh", re.compile(r"\bPermission denied \((?:publickey|password|gssapi)")),
+    ("ssh", re.compile(r"^Host key verification failed\.")),
+    ("ssh", re.compile(r"^kex_exchange_identification: ")),
 )
 # Said by the launcher or its transport, not a failure: OpenMPI's "[host:pid] …" notices,
 # srun's informational lines, ssh's host-key warning.
@@ -119,7 +206,8 @@ _LAUNCHER_NOTICE = re.compile(
 
 
 def launcher_failure(line: str) -> str | None:
-    """The launcher ("mpirun", "srun") whose failure text `line` is, else None."""
+    """The launcher ("mpirun", "srun", or "ssh", mpirun's remote shell) whose failure text
+    `line` is, else None."""
     for launcher, pattern in _LAUNCHER_FAILURES:
         if pattern.search(line):
             return launcher

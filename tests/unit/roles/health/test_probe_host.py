@@ -36,12 +36,12 @@ def test_a_section_that_hangs_is_cut_at_its_timeout_and_the_others_still_report(
 
 
 def test_a_read_cut_short_keeps_what_came_and_says_so():
-    text = "@@kiln-health begin a\nx\n\n@@kiln-health end a rc=0\n@@kiln-health begin b\npart"
+    text = "@@kiln-read begin a\nx\n\n@@kiln-read end a rc=0\n@@kiln-read begin b\npart"
     got = split_sections(text)
     assert got["a"].text == "x" and got["b"].rc is None
     assert "cut short" in got["b"].why_unreadable()
     with pytest.raises(ParseError, match="line 1: output outside"):
-        split_sections("stray\n@@kiln-health begin a\n@@kiln-health end a rc=0")
+        split_sections("stray\n@@kiln-read begin a\n@@kiln-read end a rc=0")
 
 
 CPUINFO = "\n".join(
