@@ -267,13 +267,29 @@ class _LauncherText:
 
 def strip_launcher_prefix(line: str) -> tuple[str, str | None]:
     """Remove an mpirun "[1,0]<stdout>:" or srun --label "0: " prefix; return (line, stream)."""
+    stripped, stream, _ = _strip(line)
+    return stripped, stream
+
+
+def _strip(line: str) -> tuple[str, str | None, str | None]:
+    """(line without its launcher prefix, mpirun's stream, "mpirun" | "srun" | None)."""
     match = _MPIRUN_PREFIX.match(line)
     if match:
-        return _MPIRUN_TAG_INSIDE.sub(" ", line[match.end():]), match.group(1)
+        return _MPIRUN_TAG_INSIDE.sub(" ", line[match.end():]), match.group(1), "mpirun"
     match = _SRUN_PREFIX.match(line)
     if match:
-        return line[match.end():], None
-    return line, None
+        return line[match.end():], None, "srun"
+    return line, None, None
+
+
+def crash_lines(text: str) -> list[str]:
+    """The lines of `text` saying a process died of a signal (see `crashes`)."""
+    out = []
+    for raw in text.splitlines():
+        body = _strip(raw)[0].strip()
+        if body and _CRASH.search(body):
+            out.append(body)
+    return out
 
 
 def _num(token: str, number: int, what: str) -> float:
@@ -299,30 +315,70 @@ def _half(tokens: list[str], names: list[str], number: int) -> dict[str, Any]:
     return out
 
 
-def parse_nccl_tests(text: str) -> dict[str, Any]:
-    """Parse nccl-tests output (all_reduce_perf & co.). See the module docstring."""
-    result: dict[str, Any] = {
-        "nccl_version": None, "params": {}, "ranks": [], "layout": None, "rows": [],
-        "avg_busbw": None, "out_of_bounds": None, "out_of_bounds_ok": None,
-        "complete": False, "failures": [], "warnings": [],
+def _new_result(fmt: str) -> dict[str, Any]:
+    return {
+        "format": fmt, "nccl_version": None, "tests_version": None, "collective": None,
+        "json_output": None, "params": {}, "ranks": [], "layout": None, "columns": None,
+        "excerpt": False, "rows": [], "avg_busbw": None, "avg_busbw_check": None,
+        "out_of_bounds": None, "out_of_bounds_ok": None, "complete": False, "cut_line": None,
+        "failures": [], "usage_errors": [], "crashes": [], "warnings": [], "last_error": None,
         "launcher_messages": [], "launcher_errors": [],
     }
+
+
+def nccl_version_from_code(code: int) -> str:
+    """NCCL's version code as a version: 22907 -> "2.29.7" (2.9 onwards: major*10000 +
+    minor*100 + patch; before: major*1000 + minor*100 + patch)."""
+    if code >= 20900:
+        return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+    return f"{code // 1000}.{code // 100 % 10}.{code % 100}"
+
+
+def parse_nccl_tests(text: str) -> dict[str, Any]:
+    """Parse nccl-tests output (all_reduce_perf & co.), or its -J JSON report. See the module
+    docstring."""
+    if text.lstrip().startswith("{"):
+        return parse_nccl_tests_json(text)
+    result = _new_result("text")
     columns: list[str] | None = None
+    timestamps = False
     seen_start = False
+    library_code: int | None = None
     launcher = _LauncherText()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line, stream = strip_launcher_prefix(raw)
+    lines = text.splitlines()
+    tagged = any(_MPIRUN_PREFIX.match(raw) for raw in lines)
+    last_line = max((n for n, raw in enumerate(lines, start=1) if raw.strip()), default=0)
+    for number, raw in enumerate(lines, start=1):
+        line, stream, prefix = _strip(raw)
         body = line.strip()
         if not body:
             continue
+        if _CRASH.search(body):
+            result["crashes"].append(body)
+            # the launcher's own words (a box, "srun: error:") are its too; a signal
+            # handler's "[host:pid] Signal: …" is the crash alone
+            if launcher.box is not None or launcher_failure(body):
+                launcher.take(number, body)
+            continue
         if launcher.take(number, body):
+            continue
+        if body.startswith("# error:"):
+            result["last_error"] = body[len("# error:"):].strip() or None
             continue
         if _NCCL_LOG.search(body):
             if " NCCL WARN " in f" {body} ":
                 result["warnings"].append(body)
+            version = _NCCL_VERSION.search(body)
+            if version and result["nccl_version"] is None:
+                result["nccl_version"] = version.group(1)
             continue
-        if _FAILURE.search(body):
+        if _FAILURE.search(body) or _TOOL_FAILURE.search(body):
             result["failures"].append(body)
+            continue
+        if _USAGE_ERROR.search(body):
+            result["usage_errors"].append(body)
+            continue
+        if result["usage_errors"] and _USAGE_TEXT.search(body):
             continue
         version = re.match(r"^#?\s*NCCL version (\S+)", body)
         if version:
@@ -344,35 +400,121 @@ def parse_nccl_tests(text: str) -> dict[str, Any]:
                 for name, value in _PARAMS.findall(content):
                     result["params"][_key(name)] = int(value)
             elif content.split()[:2] == ["size", "count"]:
-                columns = content.split()
+                columns = ["time" if c == "cputime" else c for c in content.split()]
+                timestamps = columns[-1] == "timestamp"
+                if timestamps:
+                    columns = columns[:-1]
                 result["layout"] = "wrong" if "#wrong" in columns else "error"
+                result["columns"] = "header"
                 if "time" not in columns or (len(columns) - columns.index("time")) % 2:
                     raise ParseError(f"line {number}: unexpected column header {content!r}")
             elif content.startswith("Avg bus bandwidth"):
-                result["avg_busbw"] = _num(content.split(":", 1)[1].strip(), number, "avg busbw")
+                value, _, check = content.split(":", 1)[1].strip().partition(" ")
+                result["avg_busbw"] = _num(value, number, "avg busbw")
+                result["avg_busbw_check"] = check.strip() or None
                 result["complete"] = True
             elif content.startswith("Out of bounds values"):
                 oob = re.search(r":\s*(\d+)\s*(\S+)?", content)
                 if oob:
                     result["out_of_bounds"] = int(oob.group(1))
                     result["out_of_bounds_ok"] = oob.group(2) == "OK"
+            elif content.startswith("nccl-tests version"):
+                words = content.split()
+                result["tests_version"] = words[2] if len(words) > 2 else None
+                library = re.search(r"nccl-library=(\d+)", content)
+                library_code = int(library.group(1)) if library else None
+            elif content.startswith("Collective test starting:"):
+                result["collective"] = content.split(":", 1)[1].strip() or None
+            elif content.startswith("Writing JSON output to "):
+                result["json_output"] = content[len("Writing JSON output to "):].strip()
             continue  # other comments: "# Using devices", units line, "#"
-        if columns is not None and re.match(r"^\d", body):
-            result["rows"].append(_row(body.split(), columns, number))
+        if re.match(r"^\d", body):
+            tokens = body.split()
+            if columns is None:
+                inferred = _infer_columns(tokens)
+                if inferred is None:
+                    if number == last_line and result["rows"]:
+                        result["cut_line"] = body
+                        continue
+                    raise ParseError(
+                        f"line {number}: a result row without its column header, whose "
+                        f"{len(tokens)} values are no layout nccl-tests prints: {body[:120]!r}")
+                columns, result["layout"] = inferred
+                result["columns"] = "inferred"
+            stamp = None
+            if timestamps and len(tokens) == len(columns) + 2:
+                stamp, tokens = " ".join(tokens[-2:]), tokens[:-2]
+            try:
+                row = _row(tokens, columns, number)
+            except ParseError:
+                if number == last_line:
+                    result["cut_line"] = body  # the capture ends inside this row
+                    continue
+                raise
+            if stamp is not None:
+                row["timestamp"] = stamp
+            result["rows"].append(row)
             continue
         if stream == "stderr":
             continue  # a rank's stderr (ssh banners, MPI warnings) is not the table
+        if tagged and prefix is None:
+            # Under --tag-output every rank's line is tagged: an untagged one is mpirun's
+            # own or its remote shell's (X11 "Authorization required", `set -x` traces).
+            launcher.messages.append(body)
+            continue
         raise ParseError(
             f"line {number}: not nccl-tests output: {body[:120]!r}"
-            + ("" if seen_start else " (no '# nThread …' header seen before it)")
+            + ("" if seen_start or result["rows"] else
+               " (no '# nThread …' header seen before it)")
         )
-    started = seen_start and columns is not None
-    launcher.finish(result, started and (result["complete"] or bool(result["failures"])))
-    if not started:
+    if result["nccl_version"] is None and library_code is not None:
+        result["nccl_version"] = nccl_version_from_code(library_code)
+    result["excerpt"] = not seen_start
+    explained = (result["complete"] or bool(result["failures"]) or bool(result["crashes"])
+                 or bool(result["usage_errors"]))
+    launcher.finish(result, explained)
+    if not (seen_start or result["rows"] or explained):
         raise ParseError(
-            "line 1: no '# nThread …' header and column header; not nccl-tests output"
+            "line 1: no '# nThread …' header, column header or result row; not nccl-tests "
+            "output"
         )
     return result
+
+
+def _infer_columns(tokens: list[str]) -> tuple[list[str], str] | None:
+    """(columns, layout) of a result row printed without its header, when its shape says
+    unambiguously which layout it is (see the module docstring), else None."""
+    if len(tokens) < 11 or not (tokens[0].isdigit() and tokens[1].isdigit()):
+        return None
+    if tokens[2] not in _NCCL_TYPES:
+        return None
+
+    def is_int(token: str) -> bool:
+        return re.fullmatch(r"-?\d+", token) is not None
+
+    def is_value(token: str) -> bool:
+        return token == "N/A" or re.fullmatch(_FLOAT, token) is not None
+
+    n = len(tokens)
+    if n == 13 and tokens[3] in _NCCL_OPS and is_int(tokens[4]):
+        check = [tokens[8], tokens[12]]
+        old = any(re.search(r"[.eE]", c) for c in check if c != "N/A")
+        half = ["time", "algbw", "busbw", "error" if old else "#wrong"]
+        lead = ["size", "count", "type", "redop", "root"]
+    elif n == 21 and tokens[3] in _NCCL_OPS and is_int(tokens[4]):
+        half = ["time", "algbw", "busbw", "#wrong", "i_min", "i_max", "i_p99", "i_cv%"]
+        lead, old = ["size", "count", "type", "redop", "root"], False
+    elif n == 12 and (tokens[3] in _NCCL_OPS or is_int(tokens[3])):
+        half = ["time", "algbw", "busbw", "error"]
+        lead, old = ["size", "count", "type", "redop" if tokens[3] in _NCCL_OPS else "root"], True
+    elif n == 11:
+        half = ["time", "algbw", "busbw", "error"]
+        lead, old = ["size", "count", "type"], True
+    else:
+        return None
+    if not all(is_value(t) for t in tokens[len(lead):]):
+        return None
+    return lead + half + half, "error" if old else "wrong"
 
 
 def _key(name: str) -> str:
@@ -380,7 +522,7 @@ def _key(name: str) -> str:
 
 
 def _row(tokens: list[str], columns: list[str], number: int) -> dict[str, Any]:
-    # Columns: size count type redop [root] | time algbw busbw error|#wrong (twice).
+    # Columns: size count type [redop] [root] | time algbw busbw error|#wrong [i_*] (twice).
     lead = columns.index("time")
     per_half = (len(columns) - lead) // 2
     if len(tokens) != len(columns):
@@ -412,6 +554,140 @@ def busbw_at(result: dict[str, Any], size: int) -> float | None:
     return found[-1]["out_of_place"]["busbw"] if found else None
 
 
+# --- nccl-tests' JSON report (-J) ---------------------------------------------------------
+
+# nccl-tests prints doubles with "%lf": an infinity comes out as a bare `inf`, not JSON.
+_JSON_NONFINITE = re.compile(r"(?<=[:,\[])(\s*)-?(?:inf|nan)\b(?=\s*[,}\]])")
+_JSON_PARAMS = {"nthreads": "nthread", "ngpus": "ngpus", "minimum_bytes": "minbytes",
+                "maximum_bytes": "maxbytes", "step_factor": "step", "step_bytes": "step",
+                "warmup_iters": "warmup_iters", "iterations": "iters",
+                "aggregated_iterations": "agg_iters", "validation": "validation",
+                "graph": "graph"}
+
+
+def _json_cut_short(text: str) -> Any:
+    """The document a JSON text cut off mid-way held so far: the text up to the last object
+    or list it closed, with the ones still open closed. ParseError when nothing closed."""
+    stack: list[str] = []
+    in_string = escaped = False
+    last_close, open_then = -1, []
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append("}" if char == "{" else "]")
+        elif char in "}]":
+            if not stack:
+                break
+            stack.pop()
+            last_close, open_then = i, list(stack)
+    if last_close < 0:
+        raise ParseError("line 1: a JSON report cut off before its first record, or not JSON")
+    try:
+        return json.loads(text[:last_close + 1] + "".join(reversed(open_then)))
+    except ValueError as exc:
+        raise ParseError(f"line 1: not an nccl-tests JSON report: {exc}") from None
+
+
+def _json_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("true", "false"):
+        return value == "true"
+    return None
+
+
+def _json_number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None  # "nan", as nccl-tests writes a NaN
+
+
+def _json_half(half: Any) -> dict[str, Any] | None:
+    if not isinstance(half, dict):
+        return None
+    wrong = _json_number(half.get("nwrong"))
+    time = half.get("time", half.get("cpu_time"))
+    return {"time_us": _json_number(time), "algbw": _json_number(half.get("alg_bw")),
+            "busbw": _json_number(half.get("bus_bw")),
+            "wrong": int(wrong) if wrong is not None and wrong == wrong else None,
+            "error": None}
+
+
+def parse_nccl_tests_json(text: str) -> dict[str, Any]:
+    """nccl-tests' -J report in parse_nccl_tests' shape. See the module docstring."""
+    cleaned = _JSON_NONFINITE.sub(r"\1null", text)
+    try:
+        doc, closed = json.loads(cleaned), True
+    except ValueError:
+        doc, closed = _json_cut_short(cleaned), False
+    if not isinstance(doc, dict) or not ({"results", "config", "nccl_version"} & set(doc)):
+        raise ParseError("line 1: JSON, but not an nccl-tests report (no results, config or "
+                         "nccl_version)")
+    result = _new_result("json")
+    result["json_version"] = doc.get("version")
+    result["start_time"], result["end_time"] = doc.get("start_time"), doc.get("end_time")
+    if isinstance(doc.get("args"), list) and doc["args"]:
+        result["collective"] = str(doc["args"][0]).rsplit("/", 1)[-1]
+    code = doc.get("nccl_version")
+    if isinstance(code, int):
+        result["nccl_version"] = nccl_version_from_code(code)
+    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    for key, name in _JSON_PARAMS.items():
+        if isinstance(config.get(key), int) and not isinstance(config.get(key), bool):
+            result["params"][name] = config[key]
+    for device in config.get("devices") or []:
+        if isinstance(device, dict):
+            result["ranks"].append({
+                "rank": device.get("rank"), "group": device.get("group"),
+                "pid": device.get("pid"), "host": device.get("hostname"),
+                "device": device.get("device"), "bus_id": device.get("device_hex"),
+                "device_name": device.get("device_info")})
+    for number, record in enumerate(doc.get("results") or [], start=1):
+        if not isinstance(record, dict) or not isinstance(record.get("size"), int):
+            raise ParseError(f"line 1: results[{number - 1}] is not a result record")
+        root = str(record.get("root", "")).strip()
+        in_place = _json_half(record.get("in_place"))
+        out_of_place = _json_half(record.get("out_of_place"))
+        if in_place is None and out_of_place is None:
+            continue  # cut off before its measurements
+        result["rows"].append({
+            "size": record["size"], "count": record.get("count"), "type": record.get("type"),
+            "redop": record.get("redop"),
+            "root": int(root) if re.fullmatch(r"-?\d+", root) else None,
+            "out_of_place": out_of_place or in_place, "in_place": in_place or out_of_place})
+    if result["rows"]:
+        result["layout"], result["columns"] = "wrong", "header"
+    oob = doc.get("out_of_bounds")
+    if isinstance(oob, dict):
+        result["out_of_bounds"] = oob.get("count")
+        result["out_of_bounds_ok"] = _json_bool(oob.get("okay"))
+    # spelt "average_bus_bandwidith" / "bandwidith" before nccl-tests 2.17.9
+    average = doc.get("average_bus_bandwidth", doc.get("average_bus_bandwidith"))
+    if isinstance(average, dict):
+        result["avg_busbw"] = _json_number(average.get("bandwidth", average.get("bandwidith")))
+        okay = _json_bool(average.get("okay"))
+        result["avg_busbw_check"] = None if okay is None else ("OK" if okay else "FAILED")
+        result["complete"] = result["avg_busbw"] is not None
+    errors = [str(e) for e in doc.get("errors") or [] if e]
+    result["last_error"] = errors[0] if errors else None
+    result["complete"] = result["complete"] and closed
+    return result
+
+
 # --- perftest ib_write_bw ---------------------------------------------------------------------
 
 _BW_HEADER = re.compile(
@@ -428,6 +704,20 @@ _PERFTEST_ERROR = re.compile(
     r"^(?:Couldn't|Could not|Unable to|Failed|Completion with error|Port number \d+ state is|"
     r"Error|ERROR|\w+ failed\b)"
 )
+# perftest's --use_cuda set-up: the buffer is GPU memory, so the run is GPUDirect RDMA.
+_CUDA_BUFFER = re.compile(
+    r"^initializing CUDA$|^allocated GPU buffer|^using DMA-BUF for GPU buffer")
+_CUDA_PCIE = re.compile(r"^CUDA device \d+: PCIe address is (\S+)")
+
+
+def perftest_errors(text: str) -> list[str]:
+    """perftest's failure lines anywhere in `text` (see the module docstring)."""
+    out = []
+    for raw in text.splitlines():
+        body = _strip(raw)[0].strip()
+        if body and _PERFTEST_ERROR.match(body):
+            out.append(body)
+    return out
 
 
 def _banner_fields(body: str) -> list[tuple[str, str]] | None:
@@ -446,7 +736,8 @@ def parse_ib_write_bw(text: str) -> dict[str, Any]:
     """Parse perftest's ib_write_bw (ib_read_bw, ib_send_bw) report. See the module docstring."""
     result: dict[str, Any] = {"test": None, "device": None, "link_type": None, "info": {},
                               "units": None, "rows": [], "bw_average_gbps": None,
-                              "complete": False, "errors": [], "launcher_messages": [],
+                              "complete": False, "errors": [], "gpudirect": False,
+                              "dmabuf": False, "gpu_pcie": None, "launcher_messages": [],
                               "launcher_errors": []}
     units: str | None = None
     in_banner = False
@@ -507,6 +798,12 @@ def parse_ib_write_bw(text: str) -> dict[str, Any]:
         if _PERFTEST_ERROR.match(body):
             result["errors"].append(body)
             continue
+        if _CUDA_BUFFER.match(body):
+            result["gpudirect"] = True
+            result["dmabuf"] = result["dmabuf"] or body.startswith("using DMA-BUF")
+        pcie = _CUDA_PCIE.match(body)
+        if pcie:
+            result["gpu_pcie"] = pcie.group(1)
         fields = _banner_fields(body) if in_banner else None
         if fields:
             result["info"].update(fields)
