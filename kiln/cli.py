@@ -154,6 +154,15 @@ def cmd_dmesg_learn(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_burnin_init_key(args: argparse.Namespace) -> int:
+    from kiln.roles.burnin.access import init_key
+
+    path, made = init_key(Path(args.state).expanduser())
+    print(f"{'made' if made else 'kept'} the burn-in SSH key {path} (public half: "
+          f"{path.with_suffix('.pub')})")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     # Imported here: only `kiln lab` and `kiln demo` load the lab, whose simulators need the
     # kiln[lab] extra (flask, sushy-tools) that a production controller does not install.
@@ -219,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--yes", action="store_true",
                        help="do not ask before writing the allowlist")
     learn.set_defaults(func=cmd_dmesg_learn)
+
+    burnin = commands.add_parser("burnin", help="the burn-in's controller side")
+    burnin_commands = burnin.add_subparsers(dest="burnin_command", required=True)
+    burnin_key = burnin_commands.add_parser(
+        "init-key", help="make the burn-in's SSH key once (kept if it exists)")
+    burnin_key.add_argument("--state", default="state/burnin",
+                            help="group data kiln_burnin_state (default: state/burnin)")
+    burnin_key.set_defaults(func=cmd_burnin_init_key)
 
     lab = commands.add_parser("lab", help="the simulated cluster: up, down, status, fault")
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)

@@ -294,8 +294,23 @@ class Health(Strict):
     host: HostHealth = HostHealth()
 
 
+class BurninTimeouts(Strict):
+    """Every burn-in run's deadline (seconds): at it the whole job is killed and the run is
+    a TIMEOUT. dcgmi diag -r 3 takes about 30 minutes on 8 H100s, -r 4 hours."""
+
+    dcgm_s: Annotated[int, Field(ge=1)] = 3600
+    nccl_s: Annotated[int, Field(ge=1)] = 900
+    ib_write_bw_s: Annotated[int, Field(ge=1)] = 120
+
+
 class Burnin(Strict):
     dcgmi_diag_level: Literal[1, 2, 3, 4] = 3
+    timeouts: BurninTimeouts = BurninTimeouts()
+    # ib_write_bw from GPU memory (--use_cuda, the GPU nearest each HCA) where the SKU has
+    # GPUDirect RDMA (nvidia-peermem): the path NCCL uses.
+    gpudirect: bool = True
+    ib_write_bw_size_bytes: Annotated[int, Field(gt=0)] = 8388608
+    ib_write_bw_seconds: Annotated[int, Field(ge=1)] = 5
     single_node_all_reduce: AllReduceFloor
     two_node_all_reduce: AllReduceFloor
     ib_write_bw_min_gbps: Annotated[float, Field(gt=0)]  # per HCA, Gb/s as ib_write_bw prints

@@ -29,6 +29,7 @@ from kiln.lab.state import (
     LabState,
     NodeState,
     StateError,
+    burnin_state_dir,
     lab_dir,
     lab_lock,
     load_state,
@@ -38,6 +39,7 @@ from kiln.lab.state import (
     save_state,
 )
 from kiln.lab.tls import ensure_ca, issue_cert
+from kiln.roles.burnin.access import init_key as init_burnin_key
 from kiln.roles.mirror.signing import init_key
 
 UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl", "chronyd"]
@@ -123,6 +125,8 @@ def up(
         # A site's one-time step (`kiln mirror init-key`), done for the lab's mirror state:
         # bring-up never makes a key while it plans.
         init_key(mirror_state_dir(lab))
+        # The same for the burn-in's SSH key (`kiln burnin init-key`).
+        init_burnin_key(burnin_state_dir(lab))
         netns.ensure_bridge()
         # Time before the nodes: their chrony finds its server answering at first boot.
         log(f"kiln lab: {ntp.start(lab, log)}")

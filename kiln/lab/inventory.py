@@ -17,6 +17,7 @@ from kiln.lab.state import (
     LabState,
     NodeState,
     StateError,
+    burnin_state_dir,
     lab_dir,
     load_state,
     mirror_state_dir,
@@ -145,6 +146,7 @@ def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
         "kiln_mirror_firmware_upstream": f"{VENDOR_REPO_URL}firmware/",
         "kiln_mirror_base_status": f"{lab}/base/var/lib/dpkg/status",
         "kiln_mirror_state": str(mirror_state_dir(lab)),
+        "kiln_burnin_state": str(burnin_state_dir(lab)),
         # roles/base installs chrony, and apt sees only the mirror once base has run.
         "kiln_mirror_os_packages": ["chrony"],
     }

@@ -87,6 +87,11 @@ def mirror_state_dir(lab: Path | str) -> Path:
     return Path(lab) / "mirror-state"
 
 
+def burnin_state_dir(lab: Path | str) -> Path:
+    """The lab's kiln_burnin_state: the burn-in's SSH key (roles/burnin/access.py)."""
+    return Path(lab) / "burnin-state"
+
+
 def state_path(directory: Path | None = None) -> Path:
     return (directory or lab_dir()) / "state.json"
 
