@@ -66,6 +66,7 @@ def lab_host_data(state: LabState, node: NodeState) -> dict[str, Any]:
     data.update(lab_mirror_data(state, node))
     data.update(lab_base_data(state))
     data.update(lab_ipoib_data(node))
+    data.update(lab_burnin_data(state, node))
     data.update(lab_kraken_data(state))
     lab = state.lab_dir
     # The ledger and the pool of this lab, beside it (not the checkout's state/).
@@ -111,6 +112,18 @@ def lab_ipoib_data(node: NodeState) -> dict[str, Any]:
                            "mtu": scheme.mtu}}
 
 
+def lab_burnin_data(state: LabState, node: NodeState) -> dict[str, Any]:
+    """The burn-in's key (made at lab up), and mpirun's own traffic on the nodes' eth0: the
+    lab's nodes also have the simulated rails' IPoIB interfaces, which carry nothing."""
+    if node.role != "gpu":
+        return {}
+    return {
+        "kiln_burnin_state": str(burnin_state_dir(state.lab_dir)),
+        "kiln_burnin_mpi_options": ["--mca", "btl_tcp_if_include", "eth0",
+                                    "--mca", "oob_tcp_if_include", "eth0"],
+    }
+
+
 # The registry Kraken's origin and build-index read from: in lab tests, Debian's
 # docker-registry on the first service node (tests/lab/test_kraken.py starts it).
 LAB_REGISTRY_PORT = 5000
@@ -146,7 +159,6 @@ def lab_mirror_data(state: LabState, node: NodeState) -> dict[str, Any]:
         "kiln_mirror_firmware_upstream": f"{VENDOR_REPO_URL}firmware/",
         "kiln_mirror_base_status": f"{lab}/base/var/lib/dpkg/status",
         "kiln_mirror_state": str(mirror_state_dir(lab)),
-        "kiln_burnin_state": str(burnin_state_dir(lab)),
         # roles/base installs chrony, and apt sees only the mirror once base has run.
         "kiln_mirror_os_packages": ["chrony"],
     }

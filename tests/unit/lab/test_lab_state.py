@@ -120,6 +120,9 @@ def test_lab_inventory_groups_and_host_data(tmp_path):
     gpu = dict(groups["gpu"])["@metal/gpu-001"]
     assert gpu["kiln_bmc"]["protocol"] == "redfish" and gpu["kiln_bmc"]["port"] == 443
     assert "kiln_mirror_tls_cert" not in gpu  # only the service node serves the mirror
+    # Burn-in runs on GPU nodes only: its key, and mpirun's traffic kept on eth0.
+    assert gpu["kiln_burnin_state"] == str(tmp_path / "burnin-state")
+    assert gpu["kiln_burnin_mpi_options"][:3] == ["--mca", "btl_tcp_if_include", "eth0"]
 
 
 def test_lab_inventory_without_a_lab_is_a_clear_error(tmp_path):
