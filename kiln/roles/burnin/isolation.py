@@ -19,19 +19,28 @@ Rounds.
                    has no failure of its own left unexplained, was never this node's partner
                    and, with a topology, sits on the same leaf where one is free (a same-leaf
                    run crosses no spine, so a bad spine link cannot fail it twice). Witnesses
-                   are distinct within a round.
+                   are distinct within a round. Where no such node is free, a node that passed
+                   but has a failure or a launch failure of its own unexplained serves; where
+                   none at all is, nodes that need a test run with each other (never twice the
+                   same pair), and such a run witnesses nothing.
 
 Decisions (after every round, until nothing moves):
     bad        a node that never passed and failed with `min_witnesses` (2) distinct partners
                that each passed with someone else. Its round-1 partner counts once it has
-               passed elsewhere, so a bad node beside a good one is decided after round 2;
-               two bad nodes paired in round 1 take a third round.
+               passed elsewhere, so a bad node beside a good one is decided after round 2
+               (when that partner passes there); two bad nodes paired in round 1 take a
+               third round.
                Why two and not one: a single witness may be a flaky node that flaked. With
                one witness a good node beside a bad one is quarantined whenever its round-2
-               witness flakes; with two, only when two flaky partners flake on it in a row.
-    cleared    a suspect that passed with a witness; its failed pair, whose nodes both
-               passed elsewhere, is reported as a fabric suspect, and no node is
-               quarantined for it.
+               witness flakes; with two, only when two partners fail it in a row: a flaky
+               round-1 partner that flakes and then passes elsewhere, and a round-2 witness
+               that flakes (or a pair run that falls into the noise). Round 2 cannot tell that
+               apart from a bad node beside a good one, so no rule that decides in round 2
+               rules it out; bench/burnin_isolation.py measures how rare it is.
+    cleared    a suspect that passed (with a witness, or with another suspect where no
+               witness was free) and has no unexplained failure with a witness; its failed
+               pair, whose nodes both passed elsewhere, is reported as a fabric suspect, and
+               no node is quarantined for it.
     mixed      a node that failed with a witness (a partner known good when the pair was
                planned) and passed with another: it is retested once with a new witness.
                The retest fails: flaky (quarantined). It passes: cleared, and the failed pair
