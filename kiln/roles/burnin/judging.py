@@ -37,9 +37,12 @@ nodes failing independently at a fraction p, a pair fails with probability 1 - (
 which passes one half only at p > 29%. A fleet with that many independently broken nodes is
 far less likely than one cause that hits every node (an NCCL setting, the fabric, the
 launcher), and that needs a person, not hundreds of quarantines. For bandwidth this is the
-same as "the median pair is below the floor". Follow-up rounds pair suspects on purpose, so a
-high failure rate there is expected: they are judged against the screening round's stats
-(`reference`) and never read as cluster-wide.
+same as "the median pair is below the floor". That reasoning needs a fleet: in a round of
+fewer than MAJORITY_MIN_PAIRS pairs, three bad nodes of eight fail three pairs of four (a new
+rack's bad batch), and the witnesses of the pairs that passed sort them out. There, only a
+round in which no pair passed is cluster-wide (nobody is left to witness). Follow-up rounds
+pair suspects on purpose, so a high failure rate there is expected: they are judged against
+the screening round's stats (`reference`) and never read as cluster-wide.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from typing import Any
 
 from kiln.core.manifest import OutlierRule
 
+# The fewest pairs whose majority failing reads as cluster-wide (see the module docstring):
+# with 8 pairs, a majority takes at least 5 bad nodes of 16 (31%).
+MAJORITY_MIN_PAIRS = 8
 # MAD -> standard deviation for normally distributed results.
 MAD_SCALE = 1.4826
 # nccl-tests repeats a 2-node busbw at 8 GiB to within about half a percent run to run. A
@@ -228,6 +234,12 @@ def judge_pair_result(result: PairResult, floor_gbps: float,
     return verdict(None)
 
 
+def _cluster_wide(failed: int, judged: int, rule: OutlierRule) -> bool:
+    if judged < rule.min_fleet_size:
+        return False
+    return failed == judged or (judged >= MAJORITY_MIN_PAIRS and 2 * failed > judged)
+
+
 def judge_round(results: Iterable[PairResult], floor_gbps: float, rule: OutlierRule,
                 reference: FleetStats | None = None, *,
                 screening: bool | None = None) -> RoundJudgement:
@@ -244,7 +256,7 @@ def judge_round(results: Iterable[PairResult], floor_gbps: float, rule: OutlierR
     verdicts = tuple(judge_pair_result(r, floor_gbps, stats) for r in results)
     finding = None
     failed = [v for v in verdicts if not v.passed]
-    if screening and len(verdicts) >= rule.min_fleet_size and 2 * len(failed) > len(verdicts):
+    if screening and _cluster_wide(len(failed), len(verdicts), rule):
         counts = Counter(v.failure for v in failed)
         order = list(FailureClass)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0])))
