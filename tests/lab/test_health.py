@@ -263,6 +263,8 @@ def test_a_preview_reads_and_judges_but_writes_nothing(health, faulted):
     pool = health.pool.read_text()
     preview = health.pyinfra(FLEET, "--limit", "gpu-002", apply=False)
     assert health.rows() == before and health.pool.read_text() == pool
+    # It read and judged (the faulty node's results would be recorded: a change to show).
+    assert preview.returncode == 0 and "Traceback" not in preview.stdout, preview.stdout[-3000:]
     assert "gpu-002" in preview.stdout
 
 

@@ -127,13 +127,16 @@ def node_health(drain: bool = False):  # noqa: ANN201
         sel = sel_reader.get()
         allowlist = bootlog.load_allowlist(site=_site_allowlist(ctx))
         critical = bootlog.load_critical_rules()
-    except KilnError as exc:
+        limits = {part.name: part.timeout_s for part in
+                  sections(manifest.health, df_paths(manifest.health.host.min_free_gib))}
+        # The read as printed, in a preview too (the fact keeps the text): split here, with
+        # each section's limit, so a timed-out section names its limit either way.
+        found = split_sections(text, limits)
+    except KilnError as exc:  # ParseError too: output outside any section
         yield fail(f"node {node_context(host).label}: {exc}")
         return
-    limits = {part.name: part.timeout_s
-              for part in sections(manifest.health, df_paths(manifest.health.host.min_free_gib))}
     evaluation = evaluate(
-        node, split_sections(text, limits), manifest,
+        node, found, manifest,
         kernel_cursor=read_cursor(ledger, node, KERNEL_CURSOR), sel=sel,
         sel_cursor=read_cursor(ledger, node, SEL_CURSOR), allowlist=allowlist,
         critical_rules=critical)

@@ -9,12 +9,10 @@ happens on the controller (`split_sections`, then the tools' parsers in the chec
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from pyinfra.api import FactBase
 
 from kiln.core.manifest import Health
-from kiln.core.parsing import ParseError
 from kiln.core.sections import Section, SectionOutput, script, split_sections
 from kiln.roles.infiniband.facts import HCA_REPORT
 
@@ -53,16 +51,12 @@ def sections(health: Health, df_paths: list[str]) -> list[Section]:
 
 
 class HealthRead(FactBase):
-    """The whole health read of one node (see the module docstring); process() splits it
-    into sections, the checks parse each."""
+    """The whole health read of one node (see the module docstring), as printed: the
+    operation splits it into sections with their time limits (split_sections), the checks
+    parse each."""
 
     def command(self, health: Health, df_paths: list[str]) -> str:
         return script(sections(health, df_paths))
 
-    def process(self, output: list[str]) -> dict[str, Any]:
-        try:
-            return {"sections": split_sections("\n".join(output))}
-        except ParseError as exc:
-            from pyinfra.api.exceptions import FactProcessError
-
-            raise FactProcessError(str(exc)) from None
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output)
