@@ -126,7 +126,7 @@ def test_the_single_node_runs_name_each_fault_with_its_class(burn, faulted):
     assert str(nccl.status) == "CRITICAL" and evidence(nccl)["class"] == "below-floor"
     bad_hcas = [r for r in burn.results("gpu-006", "burnin-ib-write-bw")
                 if str(r.status) != "OK"]
-    assert [r.subject_text for r in bad_hcas] == ["gpu-006: HCA mlx5_1"]
+    assert [r.subject_text for r in bad_hcas] == ["node gpu-006: HCA mlx5_1"]
     assert evidence(bad_hcas[0])["class"] == "below-floor"
     for node in BAD:
         assert f"[{node}] node {node}: burn-in (single node):" in faulted.stdout

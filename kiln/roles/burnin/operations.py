@@ -160,17 +160,17 @@ def _timed(target: Host, command: str, sudo: bool) -> tuple[str, float]:
     return "\n".join(output.stdout_lines), time.monotonic() - started
 
 
-def _run_single(state: State, host_: Host, hcas: list[str]) -> bool:
-    ctx = node_context(host_)
+def _run_single(state: State, host: Host, hcas: list[str]) -> bool:
+    ctx = node_context(host)
     node, burnin = ctx.label, ctx.manifest.burnin
     parts = single_node_sections(burnin, hcas)
     # Each part's own duration is not measured on the node (nothing is written there): the
     # deadline bounds it, and the run's total is recorded beside it.
     try:
-        text, duration = _timed(host_, script(parts), ctx.sudo)
+        text, duration = _timed(host, script(parts), ctx.sudo)
         found = split_sections(text, {p.name: p.timeout_s for p in parts})
     except KilnError as exc:
-        return fail_host(host_, f"node {node}: burn-in: {exc}")
+        return fail_host(host, f"node {node}: burn-in: {exc}")
     dcgm, nccl = found.get("dcgm"), found.get("nccl")
     nccl_run = read_nccl_run(nccl.text if nccl else "", nccl.rc if nccl else None,
                              bool(nccl and nccl.timed_out), duration,
@@ -185,7 +185,7 @@ def _run_single(state: State, host_: Host, hcas: list[str]) -> bool:
         node, burnin, nccl=nccl_run, ib=ib_runs, hcas=hcas,
         dcgm_output=dcgm.text if dcgm else "", dcgm_duration_s=duration,
         dcgm_timed_out=bool(dcgm and dcgm.timed_out), gpus=ctx.manifest.topology.gpu.count)
-    return _record(host_, node, str(ctx.ledger_path), results, "burn-in (single node)")
+    return _record(host, node, str(ctx.ledger_path), results, "burn-in (single node)")
 
 
 def _record(host_: Host, node: str, ledger: str, results: list, title: str) -> bool:
@@ -263,10 +263,25 @@ def _pair_run(first: Host, sudo: bool, command: str, burnin: Burnin) -> NcclRun:
     return read_nccl_run(found.text, found.rc, found.timed_out, duration, size)
 
 
+def _rails(target: Host, topology: HCATopology) -> tuple[str, ...]:
+    return tuple(compute_hcas(target.get_fact(InfinibandSysfs), topology)) \
+        if topology.count else ()
+
+
 def _run_multi(run: Any, coordination: _Coordination, leader: Host) -> dict[str, Any]:
     ctx = node_context(leader)
     burnin = ctx.manifest.burnin
     names = sorted(coordination.participants)
+    # Each node's rails (NCCL_IB_HCA), read from all of them at once.
+    reads = {n: gevent.spawn(_rails, coordination.hosts[n],
+                             node_context(coordination.hosts[n]).manifest.topology.hca)
+             for n in names}
+    gevent.joinall(list(reads.values()))
+    for name, read in reads.items():
+        if read.successful():
+            node = coordination.participants[name]
+            coordination.participants[name] = multinode.MpiNode(node.name, node.address,
+                                                                read.value)
     options = list(ctx.get("kiln_burnin_mpi_options") or [])
     topology = {n: leaf for n in names
                 if (leaf := node_context(coordination.hosts[n]).get("kiln_leaf"))} or None
@@ -293,9 +308,9 @@ def _run_multi(run: Any, coordination: _Coordination, leader: Host) -> dict[str,
     return multinode.node_results(done, burnin)
 
 
-def _join_multi(state: State, host_: Host) -> bool:
+def _join_multi(state: State, host: Host) -> bool:
     coordination = _coordination(state)
-    node = node_context(host_).label
+    node = node_context(host).label
     if not coordination.started:
         coordination.started = True
         # Those noted while planning that are still in the run (a node that failed its
@@ -305,34 +320,31 @@ def _join_multi(state: State, host_: Host) -> bool:
             del coordination.participants[name]
             del coordination.hosts[name]
         try:
-            coordination.outcome.set(_run_multi(state, coordination, host_))
+            coordination.outcome.set(_run_multi(state, coordination, host))
         except Exception as exc:  # noqa: BLE001 - every waiting node hears what went wrong
             coordination.outcome.set_exception(exc)
     try:
         results = coordination.outcome.get()
     except Exception as exc:  # noqa: BLE001
-        return fail_host(host_, f"node {node}: the multi-node burn-in failed: {exc}")
+        return fail_host(host, f"node {node}: the multi-node burn-in failed: {exc}")
     result = results.get(node)
     if result is None:
-        return fail_host(host_, f"node {node}: the multi-node burn-in did not test it")
-    return _record(host_, node, str(node_context(host_).ledger_path), [result],
+        return fail_host(host, f"node {node}: the multi-node burn-in did not test it")
+    return _record(host, node, str(node_context(host).ledger_path), [result],
                    "burn-in (multi node)")
 
 
 def take_part() -> None:
     """Note this node as a participant of the run's multi-node burn-in. Called while the
     deploy plans (not inside the operation: with -y pyinfra runs an operation's body only
-    when it executes, and by then the first node may have started the run)."""
-    if not node_readable():
-        return
+    when it executes, and by then the first node may have started the run). Reads nothing
+    from the node (it may not be connected yet): its rails are read when the run starts."""
     ctx = node_context(host)
     if not ctx.get("kiln_burnin_force") and proven(str(ctx.ledger_path), ctx.label):
         return
-    topology = ctx.manifest.topology.hca
-    hcas = compute_hcas(host.get_fact(InfinibandSysfs), topology) if topology.count else []
     coordination = _coordination(current_state._get_module())
     coordination.participants[ctx.label] = multinode.MpiNode(
-        ctx.label, str(ctx.get("kiln_burnin_address") or ctx.label), tuple(hcas))
+        ctx.label, str(ctx.get("kiln_burnin_address") or ctx.label))
     coordination.hosts[ctx.label] = host._get_module()
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kiln.core.checks import Status
 from kiln.core.manifest import HCATopology, load_manifest
+from kiln.roles.burnin.judging import RunOutcome
 from kiln.roles.burnin.multinode import (
     BURNIN_NCCL_MULTI,
     MpiNode,
@@ -21,7 +22,6 @@ from kiln.roles.burnin.multinode import (
     pair_result,
     summary,
 )
-from kiln.roles.burnin.judging import RunOutcome
 from kiln.roles.burnin.operations import compute_hcas, ib_write_bw_command
 from kiln.roles.burnin.runs import NcclRun, RunClass
 
@@ -197,3 +197,14 @@ def test_no_healthy_node_is_ever_marked_bad(seed):
     fleet = Fleet(slow={"gpu-002"}, wrong={"gpu-013"})
     _, results = run(fleet, seed=seed)
     assert {n for n, r in results.items() if r.status != Status.OK} == {"gpu-002", "gpu-013"}
+
+
+def test_the_commands_pyinfra_runs_take_its_state_and_host():
+    # pyinfra passes (state, host) to a FunctionCommand's function only when its first
+    # parameters are named so; otherwise it calls it with the arguments alone.
+    from inspect import signature
+
+    from kiln.roles.burnin.operations import _join_multi, _run_single
+
+    for function in (_run_single, _join_multi):
+        assert list(signature(function).parameters)[:2] == ["state", "host"]
