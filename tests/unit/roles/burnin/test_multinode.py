@@ -208,3 +208,26 @@ def test_the_commands_pyinfra_runs_take_its_state_and_host():
 
     for function in (_run_single, _join_multi):
         assert list(signature(function).parameters)[:2] == ["state", "host"]
+
+
+def test_a_pooled_node_whose_last_burn_in_passed_is_left_alone(tmp_path):
+    # A rerun of bring-up on a converged cluster must not load a serving node again.
+    from kiln.core.checks import CheckResult, Subject
+    from kiln.core.ledger import Ledger, NodeState
+    from kiln.roles.burnin.operations import CHECKS, proven
+
+    ledger = tmp_path / "kiln.db"
+    book = Ledger(ledger)
+    book.enroll("gpu-001")
+    for state in (NodeState.DEPLOYING, NodeState.DEPLOYED, NodeState.CONFIGURED,
+                  NodeState.BURNING_IN):
+        book.transition("gpu-001", state, "test")
+    passed = [CheckResult(check, Subject("gpu-001"), Status.OK) for check in CHECKS]
+    book.record_results(passed)
+    assert not proven(ledger, "gpu-001")  # burning in: not pooled yet
+    book.transition("gpu-001", NodeState.POOLED, "test")
+    assert proven(ledger, "gpu-001")
+    book.record_results([CheckResult(CHECKS[-1], Subject("gpu-001"), Status.CRITICAL)])
+    assert not proven(ledger, "gpu-001")  # its last multi-node result failed
+    book.close()
+    assert not proven(ledger, "gpu-002")  # never seen
