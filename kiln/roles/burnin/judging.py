@@ -55,6 +55,7 @@ from enum import StrEnum
 from typing import Any
 
 from kiln.core.manifest import OutlierRule
+from kiln.roles.burnin.runs import RunClass
 
 # The fewest pairs whose majority failing reads as cluster-wide (see the module docstring):
 # with 8 pairs, a majority takes at least 5 bad nodes of 16 (31%).
@@ -76,14 +77,9 @@ class RunOutcome(StrEnum):
     CRASH = "crash"                # "Test NCCL failure", "NCCL WARN ...", a rank died
 
 
-class FailureClass(StrEnum):
-    LAUNCHER = "launcher"
-    TIMEOUT = "timeout"
-    WRONG_RESULTS = "wrong-results"
-    BELOW_FLOOR = "below-floor"
-    OUTLIER = "outlier"
-    CRASH = "crash"
-    COULD_NOT_TEST = "could-not-test"
+# One vocabulary for a run's class and a verdict's failure (kiln.roles.burnin.runs): a
+# verdict's failure is never OK.
+FailureClass = RunClass
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -208,21 +208,24 @@ def _merge_report(parsed: dict[str, Any] | None, report: str) -> dict[str, Any] 
     return merged
 
 
+def _parsed(parser: Callable[[str], dict[str, Any]], output: str
+            ) -> tuple[dict[str, Any] | None, LauncherError | None, ParseError | None]:
+    """What the parser made of `output`: the report (a launcher error's partial one too),
+    the launcher's error, or why it was not understood."""
+    try:
+        return parser(output), None, None
+    except LauncherError as exc:
+        return (exc.partial if isinstance(exc.partial, dict) else None), exc, None
+    except ParseError as exc:
+        return None, None, exc
+
+
 def read_nccl_run(output: str, rc: int | None, timed_out: bool, duration_s: float,
                   size: int, *, report: str | None = None) -> NcclRun:
     """Classify one nccl-tests run (see the module docstring). `size` is the message size
     whose row is read (the SKU's floor size); `report` the JSON file the build wrote with -J,
     when it writes one."""
-    parsed: dict[str, Any] | None = None
-    launcher: LauncherError | None = None
-    unreadable: ParseError | None = None
-    try:
-        parsed = parse_nccl_tests(output)
-    except LauncherError as exc:
-        launcher = exc
-        parsed = exc.partial if isinstance(exc.partial, dict) else None
-    except ParseError as exc:
-        unreadable = exc
+    parsed, launcher, unreadable = _parsed(parse_nccl_tests, output)
     if report:
         parsed = _merge_report(parsed, report)
     evidence: dict[str, Any] = {"rc": rc, "timed_out": timed_out,
@@ -361,16 +364,7 @@ def read_ib_write_bw_run(output: str, rc: int | None, timed_out: bool, duration_
                          hca: str, *, size: int | None = None) -> IbRun:
     """Classify one ib_write_bw client run on `hca` (see the module docstring). `size`: the
     message size whose row is read (default: the last row, the usual single-size run)."""
-    parsed: dict[str, Any] | None = None
-    launcher: LauncherError | None = None
-    unreadable: ParseError | None = None
-    try:
-        parsed = parse_ib_write_bw(output)
-    except LauncherError as exc:
-        launcher = exc
-        parsed = exc.partial if isinstance(exc.partial, dict) else None
-    except ParseError as exc:
-        unreadable = exc
+    parsed, launcher, unreadable = _parsed(parse_ib_write_bw, output)
     evidence: dict[str, Any] = {"rc": rc, "timed_out": timed_out,
                                 "duration_s": round(duration_s, 3), "hca": hca}
     rows: list[dict[str, Any]] = []
