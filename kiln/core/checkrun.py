@@ -48,7 +48,13 @@ def differs(combined: Combined, ledger: str, node: str, check: str | None = None
                for r in combined.results)
 
 
-def _settle(state: State, host: Host, combined: Combined, ledger: str, record: bool,
+def record_and_settle(host: Host, combined: Combined, ledger: str, title: str) -> bool:
+    """Record every result of `combined`, then fail the node naming what did not pass, or
+    log its WARNs: for checks whose every run is news (burn-in), not only what changed."""
+    return _settle(None, host, combined, ledger, True, title)
+
+
+def _settle(state: State | None, host: Host, combined: Combined, ledger: str, record: bool,
             title: str, cursors: dict[tuple[str, str], Any] | None = None) -> bool:
     if record and (combined.results or cursors):
         book = Ledger(ledger)

@@ -29,7 +29,7 @@ from kiln.core.manifest import Burnin
 from kiln.roles.burnin.access import NODE_KEY
 from kiln.roles.burnin.isolation import Isolation, IsolationReport, NodeFinding
 from kiln.roles.burnin.judging import FailureClass, PairResult, RunOutcome
-from kiln.roles.burnin.runs import NcclRun, RunClass, human_size
+from kiln.roles.burnin.runs import NcclRun, RunClass
 
 BURNIN_NCCL_MULTI = "burnin-nccl-multi"
 GPUS_PER_NODE = 8
@@ -252,6 +252,3 @@ def summary(done: MultiNodeBurnin) -> list[str]:
         lines.append(f"  cluster-wide: {report.cluster_wide.message}")
     return lines
 
-
-def describe_size(burnin: Burnin) -> str:
-    return human_size(burnin.two_node_all_reduce.size_bytes)

@@ -34,10 +34,11 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import State
 from pyinfra.context import state as current_state
 
-from kiln.core.checks import Combined, Status
+from kiln.core.checkrun import record_and_settle
+from kiln.core.checks import Combined
 from kiln.core.context import node_context
 from kiln.core.errors import KilnError
-from kiln.core.ledger import Ledger, NodeState, last_results, recorded_state
+from kiln.core.ledger import NodeState, last_results, recorded_state
 from kiln.core.manifest import Burnin, HCATopology
 from kiln.core.outcomes import fail, fail_host, preview, refuse
 from kiln.core.sections import Section, script, split_sections
@@ -70,10 +71,13 @@ def proven(ledger: str, node: str) -> bool:
     return all(last) and all(status.passes for results in last for status in results.values())
 
 
+def _wanted(ctx: Any) -> bool:
+    """Whether this node burns in now: not a proven pooled node, unless forced."""
+    return bool(ctx.get("kiln_burnin_force")) or not proven(str(ctx.ledger_path), ctx.label)
+
+
 def _leave_be(ctx: Any) -> bool:
-    if ctx.get("kiln_burnin_force"):
-        return False
-    if proven(str(ctx.ledger_path), ctx.label):
+    if not _wanted(ctx):
         host.noop("burn-in: pooled, and its last burn-in passed: not run again on a "
                   "serving node (host data kiln_burnin_force: true runs it)")
         return True
@@ -185,23 +189,8 @@ def _run_single(state: State, host: Host, hcas: list[str]) -> bool:
         node, burnin, nccl=nccl_run, ib=ib_runs, hcas=hcas,
         dcgm_output=dcgm.text if dcgm else "", dcgm_duration_s=duration,
         dcgm_timed_out=bool(dcgm and dcgm.timed_out), gpus=ctx.manifest.topology.gpu.count)
-    return _record(host, node, str(ctx.ledger_path), results, "burn-in (single node)")
-
-
-def _record(host_: Host, node: str, ledger: str, results: list, title: str) -> bool:
-    book = Ledger(ledger)
-    try:
-        book.record_results(list(results))
-    finally:
-        book.close()
-    combined = Combined.of(results)
-    if not combined.passes:
-        return fail_host(host_, f"node {node}: {title}: " + "\n".join(combined.report()))
-    warned = combined.having(Status.WARN)
-    for line in combined.report() if warned else ():
-        host_.log_styled(line, fg="yellow", log_func=logger.warning)
-    host_.log(f"{title}: {len(results)} result(s), all pass", log_func=logger.info)
-    return True
+    return record_and_settle(host, Combined.of(results), str(ctx.ledger_path),
+                             f"node {node}: burn-in (single node)")
 
 
 @operation(is_idempotent=False)
@@ -330,8 +319,8 @@ def _join_multi(state: State, host: Host) -> bool:
     result = results.get(node)
     if result is None:
         return fail_host(host, f"node {node}: the multi-node burn-in did not test it")
-    return _record(host, node, str(node_context(host).ledger_path), [result],
-                   "burn-in (multi node)")
+    return record_and_settle(host, Combined.of([result]), str(node_context(host).ledger_path),
+                             f"node {node}: burn-in (multi node)")
 
 
 def take_part() -> None:
@@ -340,7 +329,7 @@ def take_part() -> None:
     when it executes, and by then the first node may have started the run). Reads nothing
     from the node (it may not be connected yet): its rails are read when the run starts."""
     ctx = node_context(host)
-    if not ctx.get("kiln_burnin_force") and proven(str(ctx.ledger_path), ctx.label):
+    if not _wanted(ctx):
         return
     coordination = _coordination(current_state._get_module())
     coordination.participants[ctx.label] = multinode.MpiNode(
