@@ -73,6 +73,9 @@ def base() -> None:
         return
     source = str(path)
     kernel = kernel_pin_set(manifest)
+    # First: every later operation that installs needs a dpkg that is not mid-run.
+    operations.dpkg_recovered(name="dpkg finished what an interrupted run left",
+                              lock_wait=settings.dpkg_lock_wait)
     operations.apt_mirror_only(name="apt installs from the mirror only", config=apt_source)
     operations.unattended_upgrades_off(name="unattended-upgrades off")
     operations.apt_index_current(name="apt index has the pinned kernel",

@@ -17,6 +17,7 @@ from kiln.core.parsing import ParseError, parse_fact_output
 from kiln.roles.base.parsers import (
     parse_apt_cache_show,
     parse_apt_policy_sources,
+    parse_dpkg_journal,
     parse_dpkg_query,
     parse_named_files,
     parse_showhold,
@@ -43,6 +44,36 @@ def installed_versions(packages: dict[str, dict[str, str]]) -> dict[str, str]:
     """name -> version of the packages that are installed (not removed, not half-done)."""
     return {name: entry["version"] for name, entry in packages.items()
             if entry["status"] == "i"}
+
+
+# dpkg's status letters (dpkg-query's db:Status-Abbrev, second letter) of a package whose
+# unpacking or configuring was cut off and that `dpkg --configure -a` finishes: Unpacked,
+# half-conFigured, triggers-aWaited, triggers-pending (t). Half-installed (H) is not among
+# them: only a reinstall mends it, and the next install of that package is one.
+UNCONFIGURED = frozenset("UFWt")
+
+
+def unconfigured_packages(packages: dict[str, dict[str, str]]) -> dict[str, str]:
+    """name -> status letter of the packages an interrupted dpkg left to configure."""
+    return {name: entry["status"] for name, entry in packages.items()
+            if entry["status"] in UNCONFIGURED}
+
+
+class DpkgJournal(FactBase):
+    """The entries of dpkg's update journal (/var/lib/dpkg/updates/NNNN), sorted.
+
+    dpkg writes one per status change and folds them into its status file when it exits
+    normally; entries left behind mean a dpkg was killed, and apt refuses to run ("dpkg was
+    interrupted") until `dpkg --configure -a` replays them. `tmp.i` is dpkg's scratch file,
+    not an entry."""
+
+    default = list
+
+    def command(self) -> str:
+        return "ls -1 /var/lib/dpkg/updates 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return parse_fact_output(parse_dpkg_journal, output)
 
 
 # apt-cache and apt-mark rebuild /var/cache/apt/*.bin when they find them stale: a fact

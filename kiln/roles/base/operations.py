@@ -41,9 +41,11 @@ from kiln.roles.base.facts import (
     AptPolicySources,
     AptSourceFiles,
     DebPackages,
+    DpkgJournal,
     FileTexts,
     ServiceStates,
     installed_versions,
+    unconfigured_packages,
 )
 from kiln.roles.base.parsers import parse_preferences
 from kiln.roles.base.templates import render
@@ -52,6 +54,7 @@ logger = logging.getLogger("pyinfra")
 
 SOURCES_LIST = "/etc/apt/sources.list"
 NO_AUTO_UPGRADES = "/etc/apt/apt.conf.d/99kiln-no-auto-upgrades"
+DPKG_LOCK_WAIT_CONF = "/etc/apt/apt.conf.d/90kiln-dpkg-lock"
 LIMITS_FILE = "/etc/security/limits.d/90-kiln-rdma.conf"
 SYSTEMD_LIMITS_FILE = "/etc/systemd/system.conf.d/90-kiln-rdma.conf"
 SYSCTL_FILE = "/etc/sysctl.d/90-kiln.conf"
@@ -75,6 +78,46 @@ def node_readable() -> bool:
     if current_state.is_executing:
         return True
     return getattr(host.connector, "client", True) is not None
+
+
+# --- what an interrupted run left ---------------------------------------------------------------
+
+
+
+def dpkg_finish_command(lock_wait: int) -> StringCommand:
+    script = render("base/dpkg-finish.sh.j2", seconds=int(lock_wait))
+    return StringCommand("sh", "-c", shlex.quote(script))
+
+
+@operation()
+def dpkg_recovered(lock_wait: int):  # noqa: ANN201
+    """dpkg finished whatever an interrupted run left, before any package work.
+
+    A controller killed mid-install, a dropped SSH session or a node that lost power leaves
+    dpkg's journal or packages unpacked but not configured; apt then refuses every install
+    ("dpkg was interrupted, you must manually run 'dpkg --configure -a'"). kiln runs it,
+    non-interactively, waiting (at most `lock_wait` s) for a process of the old run that
+    still holds dpkg's lock. apt is told to wait as long for that lock (DPkg::Lock::Timeout).
+    """
+    if not node_readable():
+        yield preview("dpkg and apt ready (an interrupted run finished)")
+        return
+    yield from files.put._inner(
+        src=StringIO(render("base/90kiln-dpkg-lock.j2", seconds=int(lock_wait))),
+        dest=DPKG_LOCK_WAIT_CONF, mode="644", create_remote_dir=True)
+    journal = host.get_fact(DpkgJournal)
+    unconfigured = unconfigured_packages(host.get_fact(DebPackages))
+    if not journal and not unconfigured:
+        host.noop("dpkg finished its last run")
+        return
+    left = []
+    if journal:
+        left.append(f"{len(journal)} journal entries")
+    if unconfigured:
+        left.append("unconfigured: " + ", ".join(sorted(unconfigured)))
+    logger.info(f"{host.print_prefix}dpkg was interrupted ({'; '.join(left)}); "
+                f"finishing it with dpkg --configure -a")
+    yield dpkg_finish_command(lock_wait)
 
 
 # --- apt sources --------------------------------------------------------------------------------

@@ -48,6 +48,13 @@ def parse_dpkg_query(text: str) -> dict[str, dict[str, str]]:
     return packages
 
 
+def parse_dpkg_journal(text: str) -> list[str]:
+    """`ls -1 /var/lib/dpkg/updates`: the journal entries (names all digits), sorted; dpkg's
+    scratch file (tmp.i) and anything else there are not entries."""
+    return sorted(name for name in (line.strip() for line in text.splitlines())
+                  if name.isdigit())
+
+
 def parse_showhold(text: str) -> list[str]:
     names = set()
     for number, line in enumerate(text.splitlines(), start=1):

@@ -13,6 +13,8 @@
     kiln_sysctl            {key: value}   default DEFAULT_SYSCTL; replaces it whole
     kiln_memlock           "unlimited"    RDMA registers (pins) memory: the memlock limit
     kiln_hostname          default: kiln_node (the inventory name)
+    kiln_dpkg_lock_wait    300            seconds apt and kiln wait for dpkg's lock held by
+                           another process (a dpkg of an interrupted run) before failing
     kiln_firmware_dir      default: kiln's firmware/; where <kiln_sku>.yaml manifests are
 
 A bad value is reported as `host data kiln_<key>…: message`.
@@ -97,6 +99,7 @@ class BaseSettings(Strict):
     sysctl: dict[str, str] = DEFAULT_SYSCTL
     memlock: str = "unlimited"
     hostname: str
+    dpkg_lock_wait: Annotated[int, Field(ge=0, le=3600)] = 300
 
     @field_validator("sysctl", mode="before")
     @classmethod
