@@ -9,9 +9,12 @@ converged cluster a second run changes nothing.
 
 from pyinfra import host
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.pipeline import configure_and_gate
 from kiln.roles.mirror import mirror
 from kiln.roles.provision import provision, will_be_imaged
+
+hold_nodes_for_run("deploy/bringup.py")
 
 provision()
 if will_be_imaged(host):

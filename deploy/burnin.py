@@ -11,7 +11,10 @@ class (wrong results, below the floor, an outlier, a crash, a hang, could not te
 
 from pyinfra import host
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.roles.burnin import burnin, pairwise_burnin
+
+hold_nodes_for_run("deploy/burnin.py")
 
 if host.data.get("kiln_burnin_pairwise_only"):
     pairwise_burnin()

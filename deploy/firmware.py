@@ -15,6 +15,9 @@ the exit code says so. Nodes drained for the update stay out of the pool until t
 (bring-up) puts them back. A second run on an updated fleet changes nothing.
 """
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.roles.firmware import firmware
+
+hold_nodes_for_run("deploy/firmware.py")
 
 firmware(rolling=True)

@@ -8,6 +8,9 @@ A pooled node that turns CRITICAL is drained from the pool with kiln's reason an
 only through the gate. `kiln health NODE` prints the results the ledger holds.
 """
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.roles.health import fleet_health
+
+hold_nodes_for_run("deploy/health.py")
 
 fleet_health()

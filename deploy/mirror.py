@@ -18,7 +18,10 @@ with the right sha256 is left alone, and the run says `mirror: fetched 0 files, 
 
 from pyinfra import host
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.roles.mirror import mirror, mirror_clients
+
+hold_nodes_for_run("deploy/mirror.py")
 
 if "service" in host.groups:
     mirror()

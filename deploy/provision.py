@@ -6,6 +6,9 @@ What deploy/bringup.py does first, for when imaging is all you want (a new rack 
 fabric is cabled, say). A node already deployed with its SKU's image is left alone.
 """
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.roles.provision import provision
+
+hold_nodes_for_run("deploy/provision.py")
 
 provision()

@@ -8,8 +8,11 @@ stage. Only the nodes named by --limit are touched.
 
 from pyinfra import host
 
+from kiln.core.runlock import hold_nodes_for_run
 from kiln.pipeline import configure_and_gate
 from kiln.roles.provision import reprovision, will_be_imaged
+
+hold_nodes_for_run("deploy/reprovision.py")
 
 reprovision()
 if not will_be_imaged(host):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,6 +114,11 @@ CREATE TABLE IF NOT EXISTS cursors (
     updated_at REAL NOT NULL,
     PRIMARY KEY (node, name)
 );
+CREATE TABLE IF NOT EXISTS node_locks (
+    node TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    taken_at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
 CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
 """
@@ -122,7 +127,13 @@ CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
 # subject it is about (a key stable across runs, and the words a person reads), the evidence
 # (JSON) and the remediation. Added to a version-1 ledger's `checks` table in place (ALTER
 # TABLE ADD COLUMN keeps every row); old rows read as OK or CRITICAL from `passed`.
-SCHEMA_VERSION = 2
+# Schema version 3: a run carries the controller (host name) and process that ran it, so a
+# run whose process is gone can be told from one still going (kiln.core.runlock).
+SCHEMA_VERSION = 3
+RUN_COLUMNS = (
+    ("controller", "TEXT NOT NULL DEFAULT ''"),
+    ("pid", "INTEGER"),
+)
 CHECK_COLUMNS = (
     ("status", "TEXT"),
     ("subject", "TEXT NOT NULL DEFAULT ''"),
@@ -142,12 +153,35 @@ def _migrate(db: sqlite3.Connection) -> None:
         for name, kind in CHECK_COLUMNS:
             if name not in have:
                 db.execute(f"ALTER TABLE checks ADD COLUMN {name} {kind}")
+        have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for name, kind in RUN_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         db.execute("CREATE INDEX IF NOT EXISTS checks_subject ON checks(node, name, subject, id)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    deploy: str
+    controller: str
+    pid: int | None
+    started_at: float
+    finished_at: float | None
+    result: str | None
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        where = f"pid {self.pid} on {self.controller}" if self.controller else "an older kiln"
+        return f"run {self.id} ({self.deploy}, {where}, started {started})"
+
+
+_RUN_FIELDS = "id, deploy, controller, pid, started_at, finished_at, result"
 
 
 @dataclass(frozen=True)
@@ -408,19 +442,69 @@ class Ledger:
         rows = self._db.execute("SELECT name, state, reason FROM nodes ORDER BY name")
         return {name: (NodeState(state), reason) for name, state, reason in rows}
 
-    def start_run(self, deploy: str) -> int:
+    def start_run(self, deploy: str, controller: str = "", pid: int | None = None) -> int:
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO runs (deploy, started_at) VALUES (?, ?)", (deploy, time.time())
+                "INSERT INTO runs (deploy, started_at, controller, pid) VALUES (?, ?, ?, ?)",
+                (deploy, time.time(), controller, pid),
             )
         return int(cursor.lastrowid)
 
     def finish_run(self, run_id: int, result: str) -> None:
+        """The run ended (`result`: succeeded, failed, interrupted); its node locks go."""
         with self._write() as db:
             db.execute(
                 "UPDATE runs SET finished_at = ?, result = ? WHERE id = ?",
                 (time.time(), result, run_id),
             )
+            db.execute("DELETE FROM node_locks WHERE run_id = ?", (run_id,))
+
+    def run(self, run_id: int) -> Run | None:
+        row = self._db.execute(f"SELECT {_RUN_FIELDS} FROM runs WHERE id = ?",
+                               (run_id,)).fetchone()
+        return Run(*row) if row else None
+
+    def runs(self) -> list[Run]:
+        return [Run(*row) for row in
+                self._db.execute(f"SELECT {_RUN_FIELDS} FROM runs ORDER BY id")]
+
+    def close_dead_runs(self, controller: str, alive: Callable[[int], bool]) -> list[Run]:
+        """Record as interrupted every unfinished run of `controller` whose process is gone
+        (`alive(pid)` is false: killed, or the controller rebooted), and free its nodes.
+        A run of another controller is left alone: its process cannot be seen from here."""
+        with self._write() as db:
+            rows = db.execute(f"SELECT {_RUN_FIELDS} FROM runs WHERE finished_at IS NULL "
+                              "AND controller = ?", (controller,)).fetchall()
+            dead = [Run(*row) for row in rows if row[3] is None or not alive(row[3])]
+            now = time.time()
+            for run in dead:
+                db.execute("UPDATE runs SET finished_at = ?, result = 'interrupted' "
+                           "WHERE id = ?", (now, run.id))
+                db.execute("DELETE FROM node_locks WHERE run_id = ?", (run.id,))
+        return dead
+
+    def lock_nodes(self, run_id: int, nodes: Iterable[str]) -> dict[str, Run]:
+        """Take each node for `run_id`, in one transaction; the nodes another unfinished run
+        holds are not taken and come back with that run."""
+        held: dict[str, Run] = {}
+        with self._write() as db:
+            now = time.time()
+            for node in nodes:
+                row = db.execute(
+                    f"SELECT {', '.join('r.' + f for f in _RUN_FIELDS.split(', '))} "
+                    "FROM node_locks l JOIN runs r ON r.id = l.run_id WHERE l.node = ?",
+                    (node,)).fetchone()
+                if row is not None and row[0] != run_id and row[5] is None:
+                    held[node] = Run(*row)
+                    continue
+                db.execute("INSERT INTO node_locks (node, run_id, taken_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT(node) DO UPDATE SET run_id = excluded.run_id, "
+                           "taken_at = excluded.taken_at", (node, run_id, now))
+        return held
+
+    def locked_nodes(self) -> dict[str, int]:
+        """node -> the run holding it."""
+        return dict(self._db.execute("SELECT node, run_id FROM node_locks ORDER BY node"))
 
     def record_check(
         self,

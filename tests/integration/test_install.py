@@ -6,7 +6,8 @@ environment, from a copy of the checkout, then used from other directories.
 - `kiln check` passes on the shipped manifests, from a directory that is not the checkout;
 - `pyinfra --dry inventory/lab.py deploy/bringup.py` loads in a directory holding only the
   checkout's inventory/ and deploy/, so every import comes from the installed package. The
-  lab it reads is a stand-in state file whose MAAS is a closed port on loopback.
+  lab it reads is a stand-in state file whose MAAS answers 503 (Retry-After: 0) to
+  everything, so the preview cannot ask it and says so after its retries, without waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -80,7 +84,29 @@ def test_kiln_check_passes_on_the_shipped_manifests_from_anywhere(installed: Pat
     assert where.stdout.startswith(str(site_packages(installed))), where.stdout
 
 
-def test_a_bringup_preview_loads_from_the_installed_package(installed: Path, tmp_path: Path):
+class Unavailable(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(503)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def unavailable_maas() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/MAAS/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_bringup_preview_loads_from_the_installed_package(installed: Path, tmp_path: Path,
+                                                            unavailable_maas: str):
     deploys = tmp_path / "site"
     shutil.copytree(ROOT / "inventory", deploys / "inventory")
     shutil.copytree(ROOT / "deploy", deploys / "deploy")
@@ -89,8 +115,7 @@ def test_a_bringup_preview_loads_from_the_installed_package(installed: Path, tmp
     (lab / "state.json").write_text(json.dumps({
         "schema": 1, "lab_dir": str(lab), "ssh_key": str(lab / "id_ed25519"),
         "ssh_user": "root", "faults_file": None, "secrets_file": None, "tls_ca": None,
-        # Port 9 on loopback: refused at once, so MAAS "cannot be asked".
-        "endpoints": {"maas": "http://127.0.0.1:9/MAAS/"},
+        "endpoints": {"maas": unavailable_maas},
         "network": {"bridge": "kilnbr0", "gateway": "127.0.0.1", "prefix": 24},
         "nodes": [{"name": "gpu-001", "role": "gpu", "index": 1, "address": "127.0.0.11",
                    "ssh_port": 22, "netns": "kiln-gpu-001", "state": "off",

@@ -101,3 +101,57 @@ def test_corrupt_pool_file_is_named(tmp_path):
     path.write_text("members: [\n")
     with pytest.raises(KilnError, match="pool.yaml: pool file is not valid YAML"):
         FilePool(path).members()
+
+
+# --- runs and node locks (kiln.core.runlock holds nodes through these) -----------------------
+
+
+def test_a_node_is_held_by_one_unfinished_run_at_a_time(ledger):
+    first = ledger.start_run("deploy/bringup.py", "ctl-1", 100)
+    second = ledger.start_run("deploy/health.py", "ctl-1", 200)
+    assert ledger.lock_nodes(first, ["gpu-001", "gpu-002"]) == {}
+    held = ledger.lock_nodes(second, ["gpu-002", "gpu-003"])
+    assert list(held) == ["gpu-002"]
+    assert (held["gpu-002"].id, held["gpu-002"].pid) == (first, 100)
+    assert ledger.locked_nodes() == {"gpu-001": first, "gpu-002": first, "gpu-003": second}
+    ledger.finish_run(first, "succeeded")
+    assert ledger.locked_nodes() == {"gpu-003": second}
+    assert ledger.lock_nodes(second, ["gpu-002"]) == {}
+    assert ledger.run(first).result == "succeeded"
+
+
+def test_dead_runs_of_this_controller_are_interrupted_and_free_their_nodes(ledger):
+    dead = ledger.start_run("deploy/bringup.py", "ctl-1", 100)
+    alive = ledger.start_run("deploy/health.py", "ctl-1", 200)
+    elsewhere = ledger.start_run("deploy/firmware.py", "ctl-2", 100)
+    ledger.lock_nodes(dead, ["gpu-001"])
+    ledger.lock_nodes(alive, ["gpu-002"])
+    ledger.lock_nodes(elsewhere, ["gpu-003"])
+    closed = ledger.close_dead_runs("ctl-1", alive=lambda pid: pid == 200)
+    assert [run.id for run in closed] == [dead]
+    assert ledger.run(dead).result == "interrupted" and ledger.run(dead).finished_at
+    # Another controller's run cannot be seen from here: it keeps its node.
+    assert ledger.locked_nodes() == {"gpu-002": alive, "gpu-003": elsewhere}
+    assert "pid 100 on ctl-1" in closed[0].describe()
+
+
+def test_a_version_2_ledger_gains_the_run_columns_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "kiln.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, deploy TEXT NOT NULL, "
+        "started_at REAL NOT NULL, finished_at REAL, result TEXT);"
+        "INSERT INTO runs (deploy, started_at) VALUES ('deploy/bringup.py', 1.0);"
+        "PRAGMA user_version = 2;")
+    db.close()
+    book = Ledger(path)
+    try:
+        [old] = book.runs()
+        assert (old.deploy, old.controller, old.pid, old.result) == (
+            "deploy/bringup.py", "", None, None)
+        # An unfinished run of an older kiln has no process to look at: it is over.
+        assert book.close_dead_runs("", alive=lambda pid: True) == [old]
+    finally:
+        book.close()

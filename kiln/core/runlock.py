@@ -1,0 +1,141 @@
+"""One kiln run per node at a time, and every run on the record.
+
+A deploy file calls `hold_nodes_for_run("deploy/bringup.py")`. Nothing happens while pyinfra
+plans, so a preview writes nothing. When the first operation starts (pyinfra's
+`operation_start` callback), the run is recorded in each ledger its nodes use, together with
+the controller's host name and the pyinfra process. Each node is then locked for the run in
+one transaction. A node that another unfinished run holds is refused before anything touches
+it: pyinfra fails that host, the message names the holder, and every other node goes on.
+
+When the process exits, the run is recorded as succeeded or failed (or interrupted, when it
+stopped before its last operation) and its locks are released. A run killed outright (SIGKILL,
+a controller that lost power) cannot do that. The next run on the same controller sees that
+the process is gone, records the old run as interrupted and takes its nodes. The lock of a run
+on another controller is honoured, because its process cannot be seen from here.
+
+Nodes are held in pyinfra's default mode, the one kiln's deploys and documentation use.
+`--serial` and `--no-wait` start operations host by host and never call `operation_start`:
+a run in those modes is neither recorded nor holds its nodes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import gevent
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.state import BaseStateCallback, State
+from pyinfra.context import ctx_state
+
+from kiln.core.context import node_context
+from kiln.core.ledger import Ledger, Run
+
+logger = logging.getLogger("pyinfra")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+class NodesHeldForRun(BaseStateCallback):
+    """The pyinfra callback handler that records a run and holds its nodes (one per run)."""
+
+    def __init__(self, deploy: str):
+        self.deploy = deploy
+        self.controller = socket.gethostname()
+        self.runs: dict[Path, int] = {}  # ledger -> this run's id in it
+        self.started = False
+        self.ops_done = 0
+        self.result: str | None = None  # set when the run is refused or terminated
+        self.finished = False
+
+    def operation_start(self, state: State, op_hash: Any) -> None:  # noqa: ARG002
+        if self.started:
+            return
+        self.started = True
+        atexit.register(self.finish, state)
+        # A stopped controller (systemd, a cancelled CI job) gets SIGTERM, whose default
+        # action skips atexit: record the run as interrupted first, then die of the signal.
+        gevent.signal_handler(signal.SIGTERM, self._terminated, state)
+        by_ledger: dict[Path, list[Any]] = defaultdict(list)
+        for host in state.inventory.get_active_hosts():
+            by_ledger[node_context(host).ledger_path].append(host)
+        refused = set()
+        for path, hosts in sorted(by_ledger.items()):
+            ledger = Ledger(path)
+            try:
+                for run in ledger.close_dead_runs(self.controller, process_alive):
+                    logger.warning(f"kiln: {run.describe()} was interrupted (its process is "
+                                   f"gone); recorded as such in {path}, its nodes are free")
+                run_id = ledger.start_run(self.deploy, self.controller, os.getpid())
+                self.runs[path] = run_id
+                names = {node_context(host).node: host for host in hosts}
+                held = ledger.lock_nodes(run_id, sorted(names))
+            finally:
+                ledger.close()
+            for node, holder in sorted(held.items()):
+                elsewhere = "" if holder.controller == self.controller else (
+                    f"; a run of another controller keeps its nodes until it records its end "
+                    f"in {path}")
+                names[node].log_styled(f"{node} is held by kiln {holder.describe()}: not run "
+                                       f"here; rerun it once that run has ended{elsewhere}",
+                                       fg="red", log_func=logger.error)
+                refused.add(names[node])
+        if refused and refused == set(state.inventory.get_active_hosts()):
+            self.result = "refused"
+            raise PyinfraError("every node of this run is held by another kiln run (above)")
+        state.fail_hosts(refused)
+
+    def operation_end(self, state: State, op_hash: Any) -> None:  # noqa: ARG002
+        self.ops_done += 1
+
+    def _terminated(self, state: State) -> None:
+        self.result = "interrupted"
+        self.finish(state)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def finish(self, state: State) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.result is not None:
+            result = self.result
+        elif self.ops_done < len(state.get_op_order()):
+            result = "interrupted"
+        else:
+            result = "failed" if state.failed_hosts else "succeeded"
+        for path, run_id in self.runs.items():
+            ledger = Ledger(path)
+            try:
+                ledger.finish_run(run_id, result)
+            finally:
+                ledger.close()
+
+
+def hold_nodes_for_run(deploy: str) -> None:
+    """Record this pyinfra run in the ledger and hold its nodes while it executes.
+
+    A deploy file calls this. pyinfra runs the file once per host, and only the first call
+    has an effect."""
+    state = ctx_state.get()
+    if state is None or any(isinstance(handler, NodesHeldForRun)
+                            for handler in state.callback_handlers):
+        return
+    state.add_callback_handler(NodesHeldForRun(deploy))
+
+
+__all__ = ["NodesHeldForRun", "Run", "hold_nodes_for_run", "process_alive"]
