@@ -26,6 +26,7 @@ import pytest
 from lab_data import lab_apt_data
 
 from kiln.core.ledger import latest_results
+from kiln.lab.credentials import read_lab_secrets
 
 pytestmark = pytest.mark.lab
 
@@ -47,13 +48,16 @@ class Burnin:
     def __init__(self, state, labtools):
         self.state, self.labtools = state, labtools
         self.ledger = Path(state.lab_dir) / "kiln.db"
+        self.outputs: list[str] = []  # everything every run of this module printed
 
     def pyinfra(self, deploy: str, *args: str, apply: bool = True
                 ) -> subprocess.CompletedProcess[str]:
         command = [str(self.labtools.bin / "pyinfra"), *(["-y"] if apply else ["--dry"]),
                    "inventory/lab.py", deploy, *lab_apt_data(self.state), *args]
-        return subprocess.run(command, cwd=self.labtools.root, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=900)
+        result = subprocess.run(command, cwd=self.labtools.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=900)
+        self.outputs.append(result.stdout)
+        return result
 
     def kiln(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(self.labtools.bin / "kiln"), *args], cwd=self.labtools.root,
@@ -162,3 +166,30 @@ def test_a_preview_writes_nothing(burn, faulted):
     result = burn.pyinfra(BURNIN, apply=False)
     assert result.returncode == 0, result.stdout[-3000:]
     assert burn.rows() == before
+
+
+def secret_values(lab_dir: Path) -> set[str]:
+    """The lab's random credentials: every password and each part of the MAAS API key
+    (usernames are not secret)."""
+    secrets = read_lab_secrets(lab_dir)
+    values = {entry["password"] for entry in secrets.values() if "password" in entry}
+    values |= set(secrets["maas"]["api_key"].split(":"))
+    return {value for value in values if len(value) >= 8}
+
+
+def test_no_lab_credential_appears_in_anything_the_runs_printed_or_stored(burn, faulted):
+    """Everything this module's runs printed, the ledger (with its write-ahead log), the
+    pool file and the burn-in state directory (its key pair and host lists)."""
+    lab_dir = Path(burn.state.lab_dir)
+    secrets = secret_values(lab_dir)
+    assert len(secrets) >= 4, "the lab's credentials were not read"
+    stored = [path for path in lab_dir.glob("kiln.db*")]
+    stored += [lab_dir / "pool.yaml", *sorted((lab_dir / "burnin-state").rglob("*"))]
+    texts = {f"run {number}": output for number, output in enumerate(burn.outputs)}
+    for path in stored:
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("utf-8", errors="replace")
+    assert len(burn.outputs) >= 4 and any("kiln.db" in name for name in texts)
+    leaks = [(name, "..." + secret[-3:]) for name, text in texts.items() for secret in secrets
+             if secret in text]
+    assert leaks == []
