@@ -3,6 +3,8 @@
     kiln check FILE…          validate manifests (firmware/*.yaml) and inventories
     kiln parse TOOL FILE      parse a captured tool output (nvidia-smi -q, ibstat …) to JSON
     kiln health NODE          the node's health results from the ledger, as a table
+    kiln nodes [NODE]         every node's state, reason, last busbw and last run; or one
+                              node's history
     kiln dmesg learn NODE     add the boot-log lines a person accepts to the site allowlist
     kiln lab up|down|status   the simulated cluster (lab/)
     kiln demo                 start the lab and run bring-up on it
@@ -96,6 +98,29 @@ def cmd_health(args: argparse.Namespace) -> int:
     else:
         print(render(rows, args.node, only_problems=args.problems), end="")
     return 2 if any(not r.status.passes for r in rows) else 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.roles.gate import record
+
+    if args.node:
+        rows = record.history(args.ledger, args.node)
+        if not rows:
+            print(f"kiln: node {args.node} is not in the ledger {args.ledger}", file=sys.stderr)
+            return 1
+        print(json.dumps(record.history_json(rows), indent=1) if args.json
+              else record.render_history(rows, args.node), end="\n" if args.json else "")
+        return 0
+    fleet = record.fleet(args.ledger)
+    if not fleet:
+        print(f"kiln: no nodes in the ledger {args.ledger} (has a deploy run with -y?)",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(record.fleet_json(fleet), indent=1) if args.json
+          else record.render_fleet(fleet), end="\n" if args.json else "")
+    return 0
 
 
 def cmd_dmesg_learn(args: argparse.Namespace) -> int:
@@ -210,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print JSON, not a table")
     health.add_argument("--problems", action="store_true", help="only what is not OK")
     health.set_defaults(func=cmd_health)
+
+    nodes = commands.add_parser("nodes", help="every node as the ledger holds it, or one "
+                                              "node's history")
+    nodes.add_argument("node", metavar="NODE", nargs="?")
+    nodes.add_argument("--ledger", default="state/kiln.db",
+                       help="the ledger (group data kiln_ledger; default: state/kiln.db)")
+    nodes.add_argument("--json", action="store_true", help="print JSON, not a table")
+    nodes.set_defaults(func=cmd_nodes)
 
     dmesg = commands.add_parser("dmesg", help="the boot-log check's allowlist")
     dmesg_commands = dmesg.add_subparsers(dest="dmesg_command", required=True)

@@ -119,6 +119,12 @@ CREATE TABLE IF NOT EXISTS node_locks (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     taken_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS run_nodes (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    node TEXT NOT NULL,
+    PRIMARY KEY (run_id, node)
+);
+CREATE INDEX IF NOT EXISTS run_nodes_node ON run_nodes(node, run_id);
 CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
 CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
 """
@@ -207,6 +213,79 @@ def _read_only(path: Path) -> sqlite3.Connection:
     wal = path.with_name(path.name + "-wal").exists()
     mode = "mode=ro" if wal else "mode=ro&immutable=1"
     return sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30)
+
+
+@dataclass(frozen=True)
+class NodeOverview:
+    """One node as `kiln nodes` shows it."""
+
+    node: str
+    state: NodeState
+    since: float
+    reason: str
+    last_busbw_gbps: float | None  # its own 8-GPU all_reduce_perf, last burn-in
+    last_run: Run | None
+
+
+def _table_columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def node_overview(path: Path | str) -> list[NodeOverview]:
+    """Every node the ledger knows, by name, read without writing anything; [] when there
+    is no ledger."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    db = _read_only(path)
+    try:
+        nodes = db.execute("SELECT name, state, updated_at, reason FROM nodes "
+                           "ORDER BY name").fetchall()
+        busbw = {}
+        for node, evidence in db.execute(
+                "SELECT c.node, c.evidence FROM checks c JOIN (SELECT node, MAX(id) AS id "
+                "FROM checks WHERE name = 'burnin-nccl-single' GROUP BY node) last "
+                "ON c.id = last.id"):
+            value = json.loads(evidence or "{}").get("busbw_gbps")
+            busbw[node] = float(value) if isinstance(value, (int, float)) else None
+        runs: dict[str, Run] = {}
+        if "run_nodes" in {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")} and \
+                "controller" in _table_columns(db, "runs"):
+            fields = ", ".join("r." + f for f in _RUN_FIELDS.split(", "))
+            for row in db.execute(
+                    f"SELECT n.node, {fields} FROM run_nodes n JOIN runs r ON r.id = n.run_id "
+                    "JOIN (SELECT node, MAX(run_id) AS run_id FROM run_nodes GROUP BY node) "
+                    "last ON last.node = n.node AND last.run_id = n.run_id"):
+                runs[row[0]] = Run(*row[1:])
+    except sqlite3.OperationalError:
+        return []  # a file with no ledger in it yet
+    finally:
+        db.close()
+    return [NodeOverview(name, NodeState(state), since, reason, busbw.get(name),
+                         runs.get(name)) for name, state, since, reason in nodes]
+
+
+def node_history(path: Path | str, node: str) -> list[tuple[Transition, Run | None]]:
+    """The node's transitions, oldest first, each with the run that made it (where known);
+    read without writing anything."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    db = _read_only(path)
+    try:
+        rows = db.execute("SELECT node, from_state, to_state, reason, run_id, at FROM "
+                          "transitions WHERE node = ? ORDER BY id", (node,)).fetchall()
+        with_runs = "controller" in _table_columns(db, "runs")
+        runs = {row[0]: Run(*row) for row in db.execute(
+            f"SELECT {_RUN_FIELDS} FROM runs")} if with_runs else {}
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [(Transition(n, NodeState(f) if f else None, NodeState(t), r, run, at),
+             runs.get(run) if run is not None else None)
+            for n, f, t, r, run, at in rows]
 
 
 def recorded_state(path: Path | str, node: str) -> NodeState | None:
@@ -341,6 +420,20 @@ def last_recorded(path: Path | str, node: str, check: str,
                          remediation, at)
 
 
+# ledger file (resolved) -> the run this process records in it (kiln.core.runlock sets it
+# once the run holds its nodes): transitions and check results written without a run id
+# belong to it.
+_CURRENT_RUNS: dict[Path, int] = {}
+
+
+def set_current_run(path: Path | str, run_id: int | None) -> None:
+    key = Path(path).resolve()
+    if run_id is None:
+        _CURRENT_RUNS.pop(key, None)
+    else:
+        _CURRENT_RUNS[key] = run_id
+
+
 _SET_CURSOR = ("INSERT INTO cursors (node, name, value, updated_at) VALUES (?, ?, ?, ?) "
                "ON CONFLICT(node, name) DO UPDATE SET value = excluded.value, "
                "updated_at = excluded.updated_at")
@@ -356,6 +449,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         _migrate(self._db)
+        self._current_run = _CURRENT_RUNS.get(self.path.resolve())
 
     def close(self) -> None:
         self._db.close()
@@ -380,6 +474,7 @@ class Ledger:
 
     def enroll(self, node: str, run_id: int | None = None) -> bool:
         """Record a node the first time kiln sees it; False when it was known already."""
+        run_id = self._current_run if run_id is None else run_id
         with self._write() as db:
             if db.execute("SELECT 1 FROM nodes WHERE name = ?", (node,)).fetchone():
                 return False
@@ -400,6 +495,7 @@ class Ledger:
     ) -> Transition | None:
         """Move a node; None when it is already there (recorded once, not per run)."""
         to_state = NodeState(to_state)
+        run_id = self._current_run if run_id is None else run_id
         with self._write() as db:
             row = db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
             if row is None:
@@ -500,6 +596,8 @@ class Ledger:
                 db.execute("INSERT INTO node_locks (node, run_id, taken_at) VALUES (?, ?, ?) "
                            "ON CONFLICT(node) DO UPDATE SET run_id = excluded.run_id, "
                            "taken_at = excluded.taken_at", (node, run_id, now))
+                db.execute("INSERT OR IGNORE INTO run_nodes (run_id, node) VALUES (?, ?)",
+                           (run_id, node))
         return held
 
     def locked_nodes(self) -> dict[str, int]:
@@ -515,6 +613,7 @@ class Ledger:
         detail: str = "",
         run_id: int | None = None,
     ) -> None:
+        run_id = self._current_run if run_id is None else run_id
         with self._write() as db:
             db.execute(
                 "INSERT INTO checks (node, run_id, name, passed, value, detail, status, at) "
@@ -535,6 +634,7 @@ class Ledger:
         """Several results, in one transaction (one check's results for every part), with
         the log cursors ((node, name) -> value) they were judged up to: both or neither."""
         now = time.time()
+        run_id = self._current_run if run_id is None else run_id
         with self._write() as db:
             db.executemany(
                 "INSERT INTO checks (node, run_id, name, passed, value, detail, status, "

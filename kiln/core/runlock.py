@@ -35,7 +35,7 @@ from pyinfra.api.state import BaseStateCallback, State
 from pyinfra.context import ctx_state
 
 from kiln.core.context import node_context
-from kiln.core.ledger import Ledger, Run
+from kiln.core.ledger import Ledger, Run, set_current_run
 
 logger = logging.getLogger("pyinfra")
 
@@ -82,6 +82,7 @@ class NodesHeldForRun(BaseStateCallback):
                                    f"gone); recorded as such in {path}, its nodes are free")
                 run_id = ledger.start_run(self.deploy, self.controller, os.getpid())
                 self.runs[path] = run_id
+                set_current_run(path, run_id)
                 names = {node_context(host).node: host for host in hosts}
                 held = ledger.lock_nodes(run_id, sorted(names))
             finally:
