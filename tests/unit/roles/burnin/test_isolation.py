@@ -259,6 +259,42 @@ def test_a_launcher_failure_is_retried_with_a_witness_then_could_not_test():
     assert len(report.good) == 15
 
 
+@dataclass
+class DyingFleet(FakeFleet):
+    """A fleet in which `dead` powers off during its first run: that run hangs until the
+    deadline kills it (mpirun waits on a daemon that is gone), and every later launch on it
+    fails (ssh: no route to host)."""
+
+    dead: str = ""
+
+    def __call__(self, a: str, b: str) -> PairResult:
+        if self.dead in (a, b):
+            self.runs.update((a, b))
+            if self.runs[self.dead] == 1:
+                return PairResult((a, b), outcome=RunOutcome.TIMEOUT, detail="killed at 60 s")
+            return PairResult((a, b), outcome=RunOutcome.LAUNCHER,
+                              detail=f"ssh: connect to host {self.dead}: No route to host")
+        return super().__call__(a, b)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_node_that_dies_mid_burn_in_does_not_take_its_partner_with_it(seed):
+    iso, rng = Isolation(names(16)), random.Random(seed)
+    first = iso.plan_round(rng)
+    dead, partner = first[0]
+    fleet = DyingFleet(dead=dead)
+    record(iso, fleet, first)
+    report = finish(iso, fleet, rng)
+    # The partner ran again with a node that passed, passed, and is good.
+    assert partner in report.good and partner not in report.quarantined
+    assert dead not in report.good
+    assert set(report.good) == set(names(16)) - {dead}
+    # The dead node is out as "could not test" (a hang, then launches that never started:
+    # not proven bad, not passed), and nothing is reported as the fabric's.
+    assert [(f.node, f.state) for f in report.could_not_test] == [(dead, S.COULD_NOT_TEST)]
+    assert report.bad == report.flaky == report.fabric_suspects == ()
+
+
 def test_a_launch_that_works_on_retry_decides_the_node_as_usual():
     iso, rng = Isolation(names(16)), random.Random(8)
     first = iso.plan_round(rng)
