@@ -24,6 +24,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ PORT = 123
 # The lab network and the BMCs' (10.231.0.0/24 and 10.231.1.0/24).
 CLIENTS = "10.231.0.0/23"
 STRATUM = 8
+START_ATTEMPTS = 2
 USER = "_chrony"  # Debian's chrony package makes it
 URL = NTP_URL
 
@@ -124,17 +126,30 @@ def start(lab: Path, log: Callable[[str], None] = print, *, address: str = GATEW
     holders = socket_holders(udp_socket_inodes(address, port))
     if holders:
         raise LabError(f"{address} UDP {port} is taken by {holders}; stop it first")
-    pid = services.start(lab, SERVICE, argv(config))
-    deadline = time.monotonic() + timeout
-    while not bound_by(pid, address, port):
-        if not services.running(lab, SERVICE) or time.monotonic() > deadline:
-            services.stop(lab, SERVICE)
-            log_file = services.services_dir(lab) / f"{SERVICE}.log"
-            tail = log_file.read_text(errors="replace")[-1200:] if log_file.exists() else ""
-            raise LabError(f"the lab's NTP server (chronyd) is not serving {address} UDP "
-                           f"{port}; {log_file}:\n{tail}")
-        time.sleep(0.05)
-    return summary
+    # Seen in CI now and then, right after a `kiln lab down`: chronyd running but not bound
+    # to the gateway address within the timeout (its log was not kept then; the bridge's
+    # address being re-added is the suspect). It is started again, up to START_ATTEMPTS
+    # times; each start's outcome and log tail go in the error, and a start that needed
+    # another is said on stderr (the lab tests put that line in their summary).
+    outcomes: list[str] = []
+    log_file = services.services_dir(lab) / f"{SERVICE}.log"
+    for _attempt in range(START_ATTEMPTS):
+        pid = services.start(lab, SERVICE, argv(config))
+        deadline = time.monotonic() + timeout
+        while not bound_by(pid, address, port):
+            if not services.running(lab, SERVICE) or time.monotonic() > deadline:
+                services.stop(lab, SERVICE)
+                tail = log_file.read_text(errors="replace")[-600:] if log_file.exists() else ""
+                outcomes.append(f"pid {pid} not bound after {timeout:.0f} s, log ends {tail!r}")
+                break
+            time.sleep(0.05)
+        else:
+            if outcomes:
+                print(f"kiln lab: chronyd bound at start {len(outcomes) + 1} after: "
+                      f"{'; '.join(outcomes)}", file=sys.stderr)
+            return summary
+    raise LabError(f"the lab's NTP server (chronyd) is not serving {address} UDP {port} "
+                   f"after {START_ATTEMPTS} starts ({'; '.join(outcomes)}); see {log_file}")
 
 
 def stop(lab: Path) -> None:
