@@ -11,10 +11,13 @@ from pyinfra import host
 
 from kiln.core.runlock import hold_nodes_for_run
 from kiln.pipeline import configure_and_gate
+from kiln.roles.gate import gate_failures
 from kiln.roles.mirror import mirror
 from kiln.roles.provision import provision, will_be_imaged
 
 hold_nodes_for_run("deploy/bringup.py")
+# A GPU node that fails any stage is quarantined with the reason, as it fails.
+gate_failures()
 
 provision()
 if will_be_imaged(host):

@@ -10,9 +10,12 @@ from pyinfra import host
 
 from kiln.core.runlock import hold_nodes_for_run
 from kiln.pipeline import configure_and_gate
+from kiln.roles.gate import gate_failures
 from kiln.roles.provision import reprovision, will_be_imaged
 
 hold_nodes_for_run("deploy/reprovision.py")
+# A GPU node that fails any stage is quarantined with the reason, as it fails.
+gate_failures()
 
 reprovision()
 if not will_be_imaged(host):

@@ -1,10 +1,165 @@
-"""Gate: pool the nodes that passed, quarantine the rest."""
+"""Gate: pool the nodes that passed, quarantine the rest.
 
-from pyinfra.api import deploy
+    gate()   the last stage of bring-up and reprovisioning, on every GPU node
 
-from kiln.core.outcomes import not_built
+pyinfra drops a node from the run at its first failure, so a node that reaches the gate
+has passed every stage of this run: provisioning, the pinned stack, firmware, the fabric,
+health (WARN passes and was reported) and burn-in. The gate walks it through the ledger's
+lifecycle (deployed -> configured -> burning-in -> pooled, each move explicit and recorded
+with this run) and adds it to the pool. A node already pooled, and a member of the pool,
+is left alone: a second run changes nothing.
+
+A node that failed a stage never reaches the gate. When `gate()` is planned, it registers a
+pyinfra callback (`operation_host_error`, called only while a run executes, never in a
+preview). For each node that fails, the callback moves the node to quarantined in the ledger
+and drains it from the pool. The reason names the operation that failed and the messages kiln
+printed for the node.
+
+The pool is the file pool (kiln.roles.pool.FilePool, host data kiln_pool_file). Slurm,
+Kubernetes and MAAS-tag backends and the tenant PKey are still to come (the gate issue).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.api.state import BaseStateCallback, State
+from pyinfra.context import ctx_state
+
+from kiln.core.context import node_context
+from kiln.core.ledger import TRANSITIONS, Ledger, NodeState, recorded_state
+from kiln.core.outcomes import FAILURES, fail_host
+from kiln.roles.pool import FilePool
+
+logger = logging.getLogger("pyinfra")
+S = NodeState
+REASON_PREFIX = "kiln: "
+# The moves the gate makes towards the pool: forward through the lifecycle only.
+_FORWARD = frozenset({S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED,
+                      S.QUARANTINED})
+_WHY = {
+    S.DEPLOYED: "found deployed, with an OS, by the gate",
+    S.CONFIGURED: "passed every stage before burn-in in this run (stack, firmware, fabric, "
+                  "health)",
+    S.BURNING_IN: "burn-in ran in this run",
+    S.POOLED: "passed health and burn-in in this run: pooled by the gate",
+}
+
+
+def path_to_pool(start: NodeState | None) -> list[NodeState]:
+    """The states a node moves through from `start` to pooled, each move one the ledger
+    allows (shortest, forward only); [] when it is pooled already. None: not enrolled."""
+    if start == S.POOLED:
+        return []
+    first = start or S.ENROLLED
+    seen = {first: [first] if start is None else []}
+    queue = deque([first])
+    while queue:
+        state = queue.popleft()
+        for following in sorted(TRANSITIONS[state] & _FORWARD - {S.QUARANTINED}):
+            if following not in seen:
+                seen[following] = [*seen[state], following]
+                queue.append(following)
+    if S.POOLED not in seen:
+        raise ValueError(f"no way from {start} to pooled in the ledger's transitions")
+    return seen[S.POOLED]
+
+
+def _admit(state: State, host: Any,  # noqa: ARG001 - pyinfra passes state, host
+            node: str, ledger: str, pool_file: str) -> bool:
+    book = Ledger(ledger)
+    try:
+        try:
+            moves = path_to_pool(book.state(node))
+        except ValueError as exc:
+            return fail_host(host, f"gate: {node}: {exc}; not pooled")
+        for to in moves:
+            if to == S.ENROLLED:
+                book.enroll(node)
+            else:
+                book.transition(node, to, _WHY[to])
+    finally:
+        book.close()
+    added = FilePool(pool_file).add(node)
+    host.log(f"gate: {node} pooled" + (" (ledger: " + " -> ".join(moves) + ")" if moves
+                                        else " (back in the pool file)" if added else ""),
+              log_func=logger.info)
+    return True
+
+
+@operation()
+def pooled():  # noqa: ANN201 - pyinfra operation generator
+    """This node, having passed every stage of this run, is pooled (ledger and pool)."""
+    ctx = node_context(host)
+    node = ctx.node or host.name
+    ledger, pool_file = ctx.ledger_path, ctx.pool_file
+    recorded = recorded_state(ledger, node)
+    members = FilePool(pool_file).members() if pool_file.exists() else []
+    if recorded == S.POOLED and node in members:
+        host.noop(f"{node} is in the pool, and passed this run")
+        return
+    yield FunctionCommand(_admit, (node, str(ledger), str(pool_file)), {})
+
+
+def quarantine(node: str, ledger: Path | str, pool_file: Path | str, reason: str) -> bool:
+    """Take `node` out: quarantined in the ledger (enrolled first if it is not there yet)
+    and drained from the pool, with `reason`. Whether anything changed."""
+    book = Ledger(ledger)
+    try:
+        book.enroll(node)
+        moved = book.transition(node, S.QUARANTINED, reason) is not None
+    finally:
+        book.close()
+    pool = FilePool(pool_file)
+    drained = pool.drain(node, reason) if node in pool.members() else False
+    return moved or drained
+
+
+class QuarantineFailedNodes(BaseStateCallback):
+    """Quarantines each node that fails an operation of a run that gates (one per run)."""
+
+    def operation_host_error(self, state: State, host_: Any, op_hash: Any,
+                             retry_attempt: int = 0, max_retries: int = 0) -> None:
+        if retry_attempt < max_retries:
+            return  # pyinfra tries it again
+        if "gpu" not in host_.groups:
+            return
+        names = state.get_op_meta(op_hash).names
+        messages = FAILURES.pop(host_.name, [])
+        stage = ", ".join(sorted(names)) or "an operation"
+        reason = REASON_PREFIX + f"{stage} failed" + (
+            ": " + " / ".join(line.splitlines()[0] for line in messages) if messages else "")
+        ctx = node_context(host_)
+        node = ctx.node or host_.name
+        try:
+            quarantine(node, ctx.ledger_path, ctx.pool_file, reason)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the record says why not
+            host_.log_styled(f"gate: could not quarantine {node}: {exc}", fg="red",
+                             log_func=logger.error)
+            return
+        host_.log_styled(f"gate: {node} quarantined ({reason})", fg="red",
+                         log_func=logger.error)
+
+
+def _quarantine_failures() -> None:
+    state = ctx_state.get()
+    if state is None or any(isinstance(handler, QuarantineFailedNodes)
+                            for handler in state.callback_handlers):
+        return
+    state.add_callback_handler(QuarantineFailedNodes())
 
 
 @deploy("Gate: pool the nodes that passed, quarantine the rest")
 def gate() -> None:
-    not_built(stage="gate", awaiting="the gate (roles/gate)")
+    pooled(name="Pooled: passed every stage of this run")
+
+
+def gate_failures() -> None:
+    """Quarantine every GPU node that fails an operation of this run (call it when the
+    deploy is planned, before its first operation)."""
+    _quarantine_failures()

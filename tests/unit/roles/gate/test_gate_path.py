@@ -1,0 +1,30 @@
+"""The gate's walk to the pool: every move one the ledger allows, forward only."""
+
+import pytest
+
+from kiln.core.ledger import TRANSITIONS, NodeState
+from kiln.roles.gate import path_to_pool
+
+S = NodeState
+
+
+@pytest.mark.parametrize(("start", "path"), [
+    (None, [S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED]),
+    (S.ENROLLED, [S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED]),
+    (S.DEPLOYED, [S.CONFIGURED, S.BURNING_IN, S.POOLED]),
+    # Quarantined by a later check, it comes back through the configure stage.
+    (S.QUARANTINED, [S.CONFIGURED, S.BURNING_IN, S.POOLED]),
+    (S.BURNING_IN, [S.POOLED]),
+    (S.POOLED, []),
+])
+def test_the_walk_to_the_pool(start, path):
+    assert path_to_pool(start) == path
+    current = start or S.ENROLLED
+    for following in path[1:] if start is None else path:
+        assert following in TRANSITIONS[current]
+        current = following
+
+
+def test_a_node_mid_provisioning_has_no_forward_way_to_the_pool():
+    with pytest.raises(ValueError, match="no way from commissioning to pooled"):
+        path_to_pool(S.COMMISSIONING)
