@@ -61,3 +61,18 @@ def read_key(state: Path | str) -> tuple[str, str]:
         raise KilnError(f"{private}: the burn-in key is readable by others (mode "
                         f"{mode:o}); chmod 600 it")
     return text, public
+
+
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+
+
+def authorized_keys_text(current: str | None, public: str) -> str | None:
+    """root's authorized_keys with the burn-in's public key on exactly one line, every other
+    line kept in its order; None when it is so already. Compared as text, not as a pattern:
+    a key's base64 holds '+' and '/', which grep would read as regex syntax."""
+    public = public.strip()
+    lines = (current or "").splitlines()
+    if sum(1 for line in lines if line.strip() == public) == 1:
+        return None
+    kept = [line for line in lines if line.strip() != public]
+    return "\n".join([*kept, public]) + "\n"

@@ -42,9 +42,10 @@ from kiln.core.ledger import NodeState, last_results, recorded_state
 from kiln.core.manifest import Burnin, HCATopology
 from kiln.core.outcomes import fail, fail_host, preview, refuse
 from kiln.core.sections import Section, script, split_sections
+from kiln.roles.base.facts import FileTexts
 from kiln.roles.base.operations import node_readable
 from kiln.roles.burnin import multinode
-from kiln.roles.burnin.access import NODE_KEY, read_key
+from kiln.roles.burnin.access import AUTHORIZED_KEYS, NODE_KEY, authorized_keys_text, read_key
 from kiln.roles.burnin.runs import NcclRun, RunClass, read_ib_write_bw_run, read_nccl_run
 from kiln.roles.burnin.single import (
     BURNIN_DCGM,
@@ -121,8 +122,29 @@ def install_key() -> None:
     files.directory(name="Burn-in: /root/.ssh", path="/root/.ssh", mode="700")
     files.put(name="Burn-in: the mpirun key", src=StringIO(private), dest=NODE_KEY,
               mode="600")
-    files.line(name="Burn-in: the mpirun key is trusted", path="/root/.ssh/authorized_keys",
-               line=public, escape_regex_characters=True)
+    key_trusted(name="Burn-in: the mpirun key is trusted", public=public)
+
+
+@operation()
+def key_trusted(public: str):  # noqa: ANN201 - pyinfra operation generator
+    """The burn-in's public key on one line of root's authorized_keys (others left alone).
+
+    Not pyinfra's files.line: it finds the line with grep and an escaped pattern, and in
+    grep's basic syntax an escaped '+' (base64 has them) is a repetition, so a key with one
+    was never found and was appended again on every run."""
+    from io import StringIO
+
+    from pyinfra.operations import files
+
+    if not node_readable():
+        yield preview("the burn-in key in root's authorized_keys")
+        return
+    current = host.get_fact(FileTexts, glob=AUTHORIZED_KEYS).get(AUTHORIZED_KEYS)
+    wanted = authorized_keys_text(current, public)
+    if wanted is None:
+        host.noop("the burn-in key is in root's authorized_keys")
+        return
+    yield from files.put._inner(src=StringIO(wanted), dest=AUTHORIZED_KEYS, mode="600")
 
 
 # --- single node --------------------------------------------------------------------------
