@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,16 @@ def quarantine(node: str, ledger: Path | str, pool_file: Path | str, reason: str
     return moved or drained
 
 
+def failure_reason(node: str, operations: Iterable[str], messages: Iterable[str]) -> str:
+    """The quarantine reason: the stage that failed (the deploy part of pyinfra's operation
+    name) and every line kiln printed for the node, without the node's name repeated."""
+    stages = sorted({name.split(" | ")[0] for name in operations}) or ["an operation"]
+    said = [line.strip().replace(f"node {node}: ", "")
+            for message in messages for line in message.splitlines() if line.strip()]
+    return REASON_PREFIX + f"{', '.join(stages)} failed" + (": " + " / ".join(said)
+                                                            if said else "")
+
+
 class QuarantineFailedNodes(BaseStateCallback):
     """Quarantines each node that fails an operation of a run that gates (one per run)."""
 
@@ -129,13 +140,10 @@ class QuarantineFailedNodes(BaseStateCallback):
             return  # pyinfra tries it again
         if "gpu" not in host_.groups:
             return
-        names = state.get_op_meta(op_hash).names
-        messages = FAILURES.pop(host_.name, [])
-        stage = ", ".join(sorted(names)) or "an operation"
-        reason = REASON_PREFIX + f"{stage} failed" + (
-            ": " + " / ".join(line.splitlines()[0] for line in messages) if messages else "")
         ctx = node_context(host_)
         node = ctx.node or host_.name
+        reason = failure_reason(node, state.get_op_meta(op_hash).names,
+                                FAILURES.pop(host_.name, []))
         try:
             quarantine(node, ctx.ledger_path, ctx.pool_file, reason)
         except Exception as exc:  # noqa: BLE001 - the run goes on; the record says why not
