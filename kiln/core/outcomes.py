@@ -30,15 +30,9 @@ logger = logging.getLogger("pyinfra")
 # -- failing one node ---------------------------------------------------------------------------
 
 
-# pyinfra host name -> the messages it was failed with in this run, oldest first: what the
-# gate quarantines a node with (kiln.roles.gate), in the words the run printed.
-FAILURES: dict[str, list[str]] = {}
-
-
 def fail_host(host: Any, message: str) -> bool:
     """Log `message` in red for `host`; returns False, which fails a FunctionCommand."""
     host.log_styled(message, fg="red", log_func=logger.error)
-    FAILURES.setdefault(getattr(host, "name", str(host)), []).append(message)
     return False
 
 

@@ -29,19 +29,24 @@ from kiln.roles.gate import gate, gate_failures
 
 hold_nodes_for_run("deploy/test.py")
 gate_failures()
-if os.environ.get("TEST_FAIL"):
+if os.environ.get("TEST_FAIL") == "kiln":
     refuse(name="Health: single-node checks", message="GPU 3 (0000:9a:00.0): Xid 79: "
            "fallen off the bus")
+if os.environ.get("TEST_FAIL") == "command":
+    from pyinfra.operations import server
+
+    server.shell(name="NVIDIA: packages", commands=[
+        "echo 'E: Version 570.148.08-1 for nvidia-driver-570 was not found' >&2; exit 100"])
 gate()
 """
 
 
-def run(site: Path, *args: str, fail: bool = False) -> subprocess.CompletedProcess:
+def run(site: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "TEST_LEDGER": str(site / "state/kiln.db"),
            "TEST_POOL": str(site / "state/pool.yaml")}
     env.pop("TEST_FAIL", None)
     if fail:
-        env["TEST_FAIL"] = "1"
+        env["TEST_FAIL"] = fail
     return subprocess.run([str(BIN / "pyinfra"), *args, "inventory.py", "deploy.py"],
                           cwd=site, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=120)
@@ -82,7 +87,7 @@ def test_a_node_that_passed_is_pooled_then_one_that_fails_is_quarantined(tmp_pat
     assert re.search(r"Grand total\s+1\s+-\s+-\s+1\s", again.stdout), again.stdout
     assert ledger_of(tmp_path)[1] == moves
 
-    failed = run(tmp_path, "-y", fail=True)
+    failed = run(tmp_path, "-y", fail="kiln")
     assert failed.returncode != 0
     state, moves, reason = ledger_of(tmp_path)
     assert state == NodeState.QUARANTINED and moves[-1] == "quarantined"
@@ -97,3 +102,14 @@ def test_a_node_that_passed_is_pooled_then_one_that_fails_is_quarantined(tmp_pat
     assert back.returncode == 0
     assert ledger_of(tmp_path)[1][-4:] == ["quarantined", "configured", "burning-in", "pooled"]
     assert pool(tmp_path)["members"] == ["gpu-017"] and pool(tmp_path)["drained"] == {}
+
+
+def test_a_failed_commands_output_is_the_reason(tmp_path: Path):
+    (tmp_path / "inventory.py").write_text(INVENTORY)
+    (tmp_path / "deploy.py").write_text(DEPLOY)
+    failed = run(tmp_path, "-y", fail="command")
+    assert failed.returncode != 0
+    state, _, reason = ledger_of(tmp_path)
+    assert state == NodeState.QUARANTINED
+    assert reason == ("kiln: NVIDIA: packages failed: E: Version 570.148.08-1 for "
+                      "nvidia-driver-570 was not found"), failed.stdout

@@ -144,6 +144,15 @@ def test_reprovision_gives_a_fresh_root_and_touches_no_other_node(rack, first_ru
     assert labtools.ssh(rack, target, "test -e /root/marker && echo there || echo gone"
                         ).strip() == "gone"
     assert labtools.ssh(rack, other, "cat /root/marker").strip() == "kiln"
-    states = [row[1] for row in ledger(rack, target)]
-    assert states[-5:] == ["reprovisioning", "commissioning", "ready", "deploying", "deployed"]
+    history = ledger(rack, target)
+    states = [row[1] for row in history]
+    start = len(states) - 1 - states[::-1].index("reprovisioning")
+    assert states[start:start + 5] == [
+        "reprovisioning", "commissioning", "ready", "deploying", "deployed"]
+    # Then the rest of bring-up runs on the node alone: it is pooled, or quarantined by the
+    # gate with the stage that stopped it (alone, burn-in has no partner for its pairs).
+    after = history[start + 5:]
+    assert [row[1] for row in after][-1:] in ([], ["pooled"], ["quarantined"]), after
+    if after and after[-1][1] == "quarantined":
+        assert after[-1][2].startswith("kiln: ") and " failed" in after[-1][2], after
     assert ledger(rack, other) == other_history

@@ -9,11 +9,12 @@ lifecycle (deployed -> configured -> burning-in -> pooled, each move explicit an
 with this run) and adds it to the pool. A node already pooled, and a member of the pool,
 is left alone: a second run changes nothing.
 
-A node that failed a stage never reaches the gate. When `gate()` is planned, it registers a
-pyinfra callback (`operation_host_error`, called only while a run executes, never in a
-preview). For each node that fails, the callback moves the node to quarantined in the ledger
-and drains it from the pool. The reason names the operation that failed and the messages kiln
-printed for the node.
+A node that failed a stage never reaches the gate. The deploy calls `gate_failures()` while
+it is planned, which registers a pyinfra callback (`operation_host_error`, called only while
+a run executes, never in a preview). For each node that fails, the callback moves the node
+to quarantined in the ledger and drains it from the pool. The reason names the stage that
+failed and what was printed in red for the node during that operation: kiln's message, or
+the failed command's output.
 
 The pool is the file pool (kiln.roles.pool.FilePool, host data kiln_pool_file). Slurm,
 Kubernetes and MAAS-tag backends and the tenant PKey are still to come (the gate issue).
@@ -22,6 +23,7 @@ Kubernetes and MAAS-tag backends and the tenant PKey are still to come (the gate
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,12 +36,13 @@ from pyinfra.context import ctx_state
 
 from kiln.core.context import node_context
 from kiln.core.ledger import TRANSITIONS, Ledger, NodeState, recorded_state
-from kiln.core.outcomes import FAILURES, fail_host
+from kiln.core.outcomes import fail_host
 from kiln.roles.pool import FilePool
 
 logger = logging.getLogger("pyinfra")
 S = NodeState
 REASON_PREFIX = "kiln: "
+MAX_LINES = 8  # of a failure's output, in a reason: apt's last lines say what broke
 # The moves the gate makes towards the pool: forward through the lifecycle only.
 _FORWARD = frozenset({S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED,
                       S.QUARANTINED})
@@ -123,16 +126,49 @@ def quarantine(node: str, ledger: Path | str, pool_file: Path | str, reason: str
 
 def failure_reason(node: str, operations: Iterable[str], messages: Iterable[str]) -> str:
     """The quarantine reason: the stage that failed (the deploy part of pyinfra's operation
-    name) and every line kiln printed for the node, without the node's name repeated."""
+    name) and every line printed in red for the node (kiln's messages, a failed command's
+    output; at most the last MAX_LINES), without the node's name repeated."""
     stages = sorted({name.split(" | ")[0] for name in operations}) or ["an operation"]
     said = [line.strip().replace(f"node {node}: ", "")
             for message in messages for line in message.splitlines() if line.strip()]
+    said = said[-MAX_LINES:]
     return REASON_PREFIX + f"{', '.join(stages)} failed" + (": " + " / ".join(said)
                                                             if said else "")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HOST_LINE = re.compile(r"^\s*\[(?P<host>[^\]]+)\] (?P<text>.*)$", re.DOTALL)
+# pyinfra's own summary of a failed operation: it says nothing a technician can act on.
+_PYINFRA_SUMMARY = re.compile(r"^Error: executed \d+ commands?$")
+
+
+class ErrorLines(logging.Handler):
+    """What pyinfra printed in red for each host during its current operation: kiln's
+    failure messages and a failed command's output, as the person running it saw them."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = _ANSI.sub("", record.getMessage())
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted says nothing
+            return
+        found = _HOST_LINE.match(text)
+        if found and not _PYINFRA_SUMMARY.match(found["text"].strip()):
+            self.lines.setdefault(found["host"], []).append(found["text"])
+
+
 class QuarantineFailedNodes(BaseStateCallback):
     """Quarantines each node that fails an operation of a run that gates (one per run)."""
+
+    def __init__(self) -> None:
+        self.errors = ErrorLines()
+        logging.getLogger("pyinfra").addHandler(self.errors)
+
+    def operation_host_start(self, state: State, host_: Any, op_hash: Any) -> None:  # noqa: ARG002
+        self.errors.lines.pop(host_.name, None)
 
     def operation_host_error(self, state: State, host_: Any, op_hash: Any,
                              retry_attempt: int = 0, max_retries: int = 0) -> None:
@@ -143,7 +179,7 @@ class QuarantineFailedNodes(BaseStateCallback):
         ctx = node_context(host_)
         node = ctx.node or host_.name
         reason = failure_reason(node, state.get_op_meta(op_hash).names,
-                                FAILURES.pop(host_.name, []))
+                                self.errors.lines.pop(host_.name, []))
         try:
             quarantine(node, ctx.ledger_path, ctx.pool_file, reason)
         except Exception as exc:  # noqa: BLE001 - the run goes on; the record says why not
