@@ -36,7 +36,7 @@ lab-test: venv host-packages
 test: venv host-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=40
 
 demo: venv host-packages
 	@$(BIN)/kiln demo
