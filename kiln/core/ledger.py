@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.core.checks import CheckResult, Status
 from kiln.core.errors import KilnError
+
+T = TypeVar("T")
 
 
 class NodeState(StrEnum):
@@ -188,6 +190,7 @@ class Run:
 
 
 _RUN_FIELDS = "id, deploy, controller, pid, started_at, finished_at, result"
+_RUN_FIELDS_OF_R = ", ".join("r." + name for name in _RUN_FIELDS.split(", "))
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,21 @@ class NodeOverview:
     last_run: Run | None
 
 
+def _reading(path: Path | str, read: Callable[[sqlite3.Connection], T], nothing: T) -> T:
+    """`read(db)` on the ledger at `path`, opened read-only: nothing is made when there is no
+    file, no schema is applied. `nothing` when there is no ledger (or no ledger in it yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return nothing
+    db = _read_only(path)
+    try:
+        return read(db)
+    except sqlite3.OperationalError:
+        return nothing  # a file with no ledger in it yet
+    finally:
+        db.close()
+
+
 def _table_columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
@@ -234,11 +252,7 @@ def _table_columns(db: sqlite3.Connection, table: str) -> set[str]:
 def node_overview(path: Path | str) -> list[NodeOverview]:
     """Every node the ledger knows, by name, read without writing anything; [] when there
     is no ledger."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    db = _read_only(path)
-    try:
+    def read(db: sqlite3.Connection) -> list[NodeOverview]:
         nodes = db.execute("SELECT name, state, updated_at, reason FROM nodes "
                            "ORDER BY name").fetchall()
         busbw = {}
@@ -252,57 +266,43 @@ def node_overview(path: Path | str) -> list[NodeOverview]:
         if "run_nodes" in {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")} and \
                 "controller" in _table_columns(db, "runs"):
-            fields = ", ".join("r." + f for f in _RUN_FIELDS.split(", "))
             for row in db.execute(
-                    f"SELECT n.node, {fields} FROM run_nodes n JOIN runs r ON r.id = n.run_id "
-                    "JOIN (SELECT node, MAX(run_id) AS run_id FROM run_nodes GROUP BY node) "
-                    "last ON last.node = n.node AND last.run_id = n.run_id"):
+                    f"SELECT n.node, {_RUN_FIELDS_OF_R} FROM run_nodes n JOIN runs r "
+                    "ON r.id = n.run_id JOIN (SELECT node, MAX(run_id) AS run_id FROM "
+                    "run_nodes GROUP BY node) last ON last.node = n.node "
+                    "AND last.run_id = n.run_id"):
                 runs[row[0]] = Run(*row[1:])
-    except sqlite3.OperationalError:
-        return []  # a file with no ledger in it yet
-    finally:
-        db.close()
-    return [NodeOverview(name, NodeState(state), since, reason, busbw.get(name),
-                         runs.get(name)) for name, state, since, reason in nodes]
+        return [NodeOverview(name, NodeState(state), since, reason, busbw.get(name),
+                             runs.get(name)) for name, state, since, reason in nodes]
+
+    return _reading(path, read, [])
 
 
 def node_history(path: Path | str, node: str) -> list[tuple[Transition, Run | None]]:
     """The node's transitions, oldest first, each with the run that made it (where known);
     read without writing anything."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    db = _read_only(path)
-    try:
+    def read(db: sqlite3.Connection) -> list[tuple[Transition, Run | None]]:
         rows = db.execute("SELECT node, from_state, to_state, reason, run_id, at FROM "
                           "transitions WHERE node = ? ORDER BY id", (node,)).fetchall()
-        with_runs = "controller" in _table_columns(db, "runs")
         runs = {row[0]: Run(*row) for row in db.execute(
-            f"SELECT {_RUN_FIELDS} FROM runs")} if with_runs else {}
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
-    return [(Transition(n, NodeState(f) if f else None, NodeState(t), r, run, at),
-             runs.get(run) if run is not None else None)
-            for n, f, t, r, run, at in rows]
+            f"SELECT {_RUN_FIELDS} FROM runs")} if "controller" in _table_columns(db, "runs") \
+            else {}
+        return [(Transition(n, NodeState(f) if f else None, NodeState(t), r, run, at),
+                 runs.get(run) if run is not None else None)
+                for n, f, t, r, run, at in rows]
+
+    return _reading(path, read, [])
 
 
 def recorded_state(path: Path | str, node: str) -> NodeState | None:
     """The node's state as the ledger at `path` records it, read without writing anything:
     no file is made when there is none, no schema is applied. What a run reads while it
     plans (a preview too), before any yielded command changes the record."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    db = _read_only(path)
-    try:
+    def read(db: sqlite3.Connection) -> NodeState | None:
         row = db.execute("SELECT state FROM nodes WHERE name = ?", (node,)).fetchone()
-    except sqlite3.OperationalError:
-        return None  # a file with no ledger in it yet
-    finally:
-        db.close()
-    return NodeState(row[0]) if row else None
+        return NodeState(row[0]) if row else None
+
+    return _reading(path, read, None)
 
 
 def last_results(path: Path | str, node: str, check: str) -> dict[str, Status]:
@@ -587,8 +587,8 @@ class Ledger:
             now = time.time()
             for node in nodes:
                 row = db.execute(
-                    f"SELECT {', '.join('r.' + f for f in _RUN_FIELDS.split(', '))} "
-                    "FROM node_locks l JOIN runs r ON r.id = l.run_id WHERE l.node = ?",
+                    f"SELECT {_RUN_FIELDS_OF_R} FROM node_locks l JOIN runs r "
+                    "ON r.id = l.run_id WHERE l.node = ?",
                     (node,)).fetchone()
                 if row is not None and row[0] != run_id and row[5] is None:
                     held[node] = Run(*row)
