@@ -11,13 +11,25 @@ the SSH session itself is pyinfra's own SSH connector.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from pyinfra.api import QuoteString, StringCommand
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
 
 from kiln.core.context import node_context
 from kiln.core.errors import KilnError
+
+logger = logging.getLogger("pyinfra")
+
+# $1 the complete upload, $2 the target: the target's owner and mode carried over, then an
+# atomic rename; a symlink is written through (its target file, not the link, changes).
+_REPLACE = (
+    'if [ -L "$2" ]; then cat "$1" > "$2" && rm -f "$1"; exit; fi; '
+    'if [ -e "$2" ]; then chown --reference="$2" "$1" && chmod --reference="$2" "$1"; fi; '
+    'mv -f "$1" "$2"'
+)
 
 
 class MetalConnector(SSHConnector):
@@ -78,9 +90,30 @@ class MetalConnector(SSHConnector):
         self._ensure_ssh()
         return super().run_shell_command(*args, **kwargs)
 
-    def put_file(self, *args: Any, **kwargs: Any) -> bool:
+    def put_file(self, filename_or_io: Any, remote_filename: str,
+                 remote_temp_filename: str | None = None, print_output: bool = False,
+                 print_input: bool = False, **arguments: Any) -> bool:
+        """Upload beside the target, then rename it into place.
+
+        As root, pyinfra's SSH connector writes the target through SFTP directly: a run
+        killed mid-upload (or a dropped link) leaves half a file that services then read.
+        The upload goes to `<target>.kiln-upload` in the same directory (one filesystem, so
+        `mv` is an atomic rename) and replaces the target only once complete, keeping the
+        old file's owner and mode. A symlinked target is written through, as before."""
         self._ensure_ssh()
-        return super().put_file(*args, **kwargs)
+        upload = f"{remote_filename}.kiln-upload"
+        if not super().put_file(filename_or_io, upload, remote_temp_filename,
+                                print_output=print_output, print_input=print_input,
+                                **arguments):
+            return False
+        status, output = self.run_shell_command(
+            StringCommand("sh", "-c", QuoteString(_REPLACE), "kiln-put", QuoteString(upload),
+                          QuoteString(remote_filename)),
+            print_output=print_output, print_input=print_input, **arguments)
+        if status is False:
+            logger.error(f"{self.host.print_prefix}replacing {remote_filename} with the "
+                         f"upload failed: {output.stderr}")
+        return bool(status)
 
     def get_file(self, *args: Any, **kwargs: Any) -> bool:
         self._ensure_ssh()

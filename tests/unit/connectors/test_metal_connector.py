@@ -50,3 +50,42 @@ def test_disconnect_forgets_the_session(monkeypatch):
     node.get_file_transfer_connection()
     node.disconnect()  # what pyinfra calls at the end of a run
     assert node._transfer is None
+
+
+# --- the replace step of an upload (run here with sh, on local files) -------------------------
+
+
+def _replace(upload, target):
+    import subprocess
+
+    from kiln.connectors.metal import _REPLACE
+
+    return subprocess.run(["sh", "-c", _REPLACE, "kiln-put", str(upload), str(target)],
+                          capture_output=True, text=True, timeout=10)
+
+
+def test_an_upload_replaces_its_target_whole_keeping_the_old_mode(tmp_path):
+    target, upload = tmp_path / "authorized_keys", tmp_path / "authorized_keys.kiln-upload"
+    target.write_text("old\n")
+    target.chmod(0o600)
+    old_inode = target.stat().st_ino
+    upload.write_text("new\n")
+    upload.chmod(0o644)
+    done = _replace(upload, target)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == "new\n" and not upload.exists()
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert target.stat().st_ino != old_inode  # renamed into place, not written in place
+
+
+def test_a_new_target_is_the_upload_and_a_symlink_is_written_through(tmp_path):
+    new, upload = tmp_path / "new.conf", tmp_path / "new.conf.kiln-upload"
+    upload.write_text("a\n")
+    assert _replace(upload, new).returncode == 0 and new.read_text() == "a\n"
+    real, link = tmp_path / "real.conf", tmp_path / "link.conf"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    upload = tmp_path / "link.conf.kiln-upload"
+    upload.write_text("through\n")
+    assert _replace(upload, link).returncode == 0
+    assert link.is_symlink() and real.read_text() == "through\n" and not upload.exists()
