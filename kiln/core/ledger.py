@@ -294,6 +294,20 @@ def node_history(path: Path | str, node: str) -> list[tuple[Transition, Run | No
     return _reading(path, read, [])
 
 
+def run_record(path: Path | str, run_id: int) -> tuple[Run, list[str]] | None:
+    """Run `run_id` and the nodes it held, by name; read without writing anything. None when
+    the ledger has no such run (or records no runs yet)."""
+    def read(db: sqlite3.Connection) -> tuple[Run, list[str]] | None:
+        row = db.execute(f"SELECT {_RUN_FIELDS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        nodes = [name for (name,) in db.execute(
+            "SELECT node FROM run_nodes WHERE run_id = ? ORDER BY node", (run_id,))]
+        return Run(*row), nodes
+
+    return _reading(path, read, None)
+
+
 def recorded_state(path: Path | str, node: str) -> NodeState | None:
     """The node's state as the ledger at `path` records it, read without writing anything:
     no file is made when there is none, no schema is applied. What a run reads while it

@@ -8,7 +8,8 @@ one transaction. A node that another unfinished run holds is refused before anyt
 it: pyinfra fails that host, the message names the holder, and every other node goes on.
 
 When the process exits, the run is recorded as succeeded or failed (or interrupted, when it
-stopped before its last operation) and its locks are released. A run killed outright (SIGKILL,
+stopped before its last operation), its locks are released, and its report is written beside
+the ledger (kiln.core.runreport: reports/run-<id>.json and .md). A run killed outright (SIGKILL,
 a controller that lost power) cannot do that. The next run on the same controller sees that
 the process is gone, records the old run as interrupted and takes its nodes. The lock of a run
 on another controller is honoured, because its process cannot be seen from here.
@@ -36,6 +37,7 @@ from pyinfra.context import ctx_state
 
 from kiln.core.context import node_context
 from kiln.core.ledger import Ledger, Run, set_current_run
+from kiln.core.runreport import write_run_report
 
 logger = logging.getLogger("pyinfra")
 
@@ -115,8 +117,8 @@ class NodesHeldForRun(BaseStateCallback):
         self.finished = True
         if self.result is not None:
             result = self.result
-        elif self.ops_done < len(state.get_op_order()):
-            result = "interrupted"
+        elif self.ops_done < len(state.get_op_order()) and state.active_hosts:
+            result = "interrupted"  # stopped with nodes still to run (Ctrl-C, an error)
         else:
             result = "failed" if state.failed_hosts else "succeeded"
         for path, run_id in self.runs.items():
@@ -125,6 +127,14 @@ class NodesHeldForRun(BaseStateCallback):
                 ledger.finish_run(run_id, result)
             finally:
                 ledger.close()
+            try:
+                report = write_run_report(path, run_id)
+            except OSError as exc:  # the run's record is in the ledger; say why no report
+                logger.warning(f"kiln: no report of run {run_id}: {exc}")
+            else:
+                if report is not None:
+                    logger.info(f"kiln: run {run_id} ({result}): {report} and "
+                                f"{report.with_suffix('.md')}")
 
 
 def hold_nodes_for_run(deploy: str) -> None:

@@ -4,6 +4,7 @@ an operation is quarantined with the operation and kiln's message, and drained."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -96,6 +97,21 @@ def test_a_node_that_passed_is_pooled_then_one_that_fails_is_quarantined(tmp_pat
     assert pool(tmp_path)["members"] == []
     assert pool(tmp_path)["drained"]["gpu-017"]["reason"] == reason
     assert f"gate: gpu-017 quarantined ({reason})" in failed.stdout
+
+    # The run's report, beside the ledger: the node as the run left it, and its moves.
+    reports = sorted((tmp_path / "state/reports").glob("run-*.json"),
+                     key=lambda path: int(path.stem.split("-")[1]))
+    assert len(reports) == 3  # three runs; the preview wrote none
+    report = json.loads(reports[-1].read_text())
+    assert report["run"]["result"] == "failed" and report["run"]["deploy"] == "deploy/test.py"
+    assert report["counts"] == {"quarantined": 1}
+    [node] = report["nodes"]
+    assert (node["node"], node["state"], node["reason"]) == ("gpu-017", "quarantined", reason)
+    assert [(m["from"], m["to"]) for m in node["moves"]] == [("pooled", "quarantined")]
+    assert f"| gpu-017 | quarantined | {reason} |" in reports[-1].with_suffix(".md").read_text()
+    first_report = json.loads(reports[0].read_text())
+    assert [m["to"] for m in first_report["nodes"][0]["moves"]] == [
+        "enrolled", "deployed", "configured", "burning-in", "pooled"]
 
     # Mended, it comes back only through the gate, in a run it passes.
     back = run(tmp_path, "-y")
