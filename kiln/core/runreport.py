@@ -41,7 +41,7 @@ def run_report(ledger: Path | str, run_id: int) -> dict[str, Any] | None:
     for node in nodes:
         row = overview.get(node)
         moves = tuple(t for t, _ in node_history(ledger, node) if t.run_id == run_id)
-        held.append(NodeInRun(node, str(row.state) if row else "unknown",
+        held.append(NodeInRun(node, str(row.state) if row else "not enrolled",
                               row.reason if row else "", moves))
     return _as_data(run, held)
 
