@@ -103,17 +103,18 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     import json
 
+    from kiln.core.ledger import node_history, node_overview
     from kiln.roles.gate import record
 
     if args.node:
-        rows = record.history(args.ledger, args.node)
+        rows = node_history(args.ledger, args.node)
         if not rows:
             print(f"kiln: node {args.node} is not in the ledger {args.ledger}", file=sys.stderr)
             return 1
         print(json.dumps(record.history_json(rows), indent=1) if args.json
               else record.render_history(rows, args.node), end="\n" if args.json else "")
         return 0
-    fleet = record.fleet(args.ledger)
+    fleet = node_overview(args.ledger)
     if not fleet:
         print(f"kiln: no nodes in the ledger {args.ledger} (has a deploy run with -y?)",
               file=sys.stderr)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +67,11 @@ class InvalidTransition(KilnError):
     pass
 
 
+def iso_time(at: float | None) -> str | None:
+    """A ledger time (Unix seconds) as the JSON that kiln prints and writes carries it."""
+    return datetime.fromtimestamp(at).isoformat(timespec="seconds") if at else None
+
+
 @dataclass(frozen=True)
 class Transition:
     node: str
@@ -74,6 +80,11 @@ class Transition:
     reason: str
     run_id: int | None
     at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": iso_time(self.at),
+                "from": str(self.from_state) if self.from_state else None,
+                "to": str(self.to_state), "reason": self.reason}
 
 
 SCHEMA = """
@@ -187,6 +198,11 @@ class Run:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
         where = f"pid {self.pid} on {self.controller}" if self.controller else "an older kiln"
         return f"run {self.id} ({self.deploy}, {where}, started {started})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "deploy": self.deploy, "controller": self.controller,
+                "pid": self.pid, "started": iso_time(self.started_at),
+                "finished": iso_time(self.finished_at), "result": self.result}
 
 
 _RUN_FIELDS = "id, deploy, controller, pid, started_at, finished_at, result"

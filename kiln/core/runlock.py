@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +138,19 @@ class NodesHeldForRun(BaseStateCallback):
                                 f"{report.with_suffix('.md')}")
 
 
-def hold_nodes_for_run(deploy: str) -> None:
-    """Record this pyinfra run in the ledger and hold its nodes while it executes.
-
-    A deploy file calls this. pyinfra runs the file once per host, and only the first call
-    has an effect."""
+def callback_once(kind: type[BaseStateCallback], make: Callable[[], BaseStateCallback]) -> None:
+    """Add `make()` to this pyinfra run's callback handlers unless one of `kind` is there:
+    pyinfra runs a deploy file once per host, and a run needs one handler."""
     state = ctx_state.get()
-    if state is None or any(isinstance(handler, NodesHeldForRun)
-                            for handler in state.callback_handlers):
+    if state is None or any(isinstance(handler, kind) for handler in state.callback_handlers):
         return
-    state.add_callback_handler(NodesHeldForRun(deploy))
+    state.add_callback_handler(make())
 
 
-__all__ = ["NodesHeldForRun", "Run", "hold_nodes_for_run", "process_alive"]
+def hold_nodes_for_run(deploy: str) -> None:
+    """Record this pyinfra run in the ledger and hold its nodes while it executes (a deploy
+    file calls this while it is planned)."""
+    callback_once(NodesHeldForRun, lambda: NodesHeldForRun(deploy))
+
+
+__all__ = ["NodesHeldForRun", "Run", "callback_once", "hold_nodes_for_run", "process_alive"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,6 @@ class NodeInRun:
     state: str
     reason: str
     moves: tuple[Transition, ...]  # the transitions this run made, oldest first
-
-
-def _iso(at: float | None) -> str | None:
-    return datetime.fromtimestamp(at).isoformat(timespec="seconds") if at else None
 
 
 def run_report(ledger: Path | str, run_id: int) -> dict[str, Any] | None:
@@ -51,14 +46,10 @@ def _as_data(run: Run, nodes: list[NodeInRun]) -> dict[str, Any]:
     for node in nodes:
         counts[node.state] = counts.get(node.state, 0) + 1
     return {
-        "run": {"id": run.id, "deploy": run.deploy, "controller": run.controller,
-                "pid": run.pid, "started": _iso(run.started_at),
-                "finished": _iso(run.finished_at), "result": run.result},
+        "run": run.as_dict(),
         "counts": counts,
         "nodes": [{"node": n.node, "state": n.state, "reason": n.reason,
-                   "moves": [{"at": _iso(t.at),
-                              "from": str(t.from_state) if t.from_state else None,
-                              "to": str(t.to_state), "reason": t.reason} for t in n.moves]}
+                   "moves": [t.as_dict() for t in n.moves]}
                   for n in nodes],
     }
 

@@ -179,17 +179,20 @@ def secret_values(lab_dir: Path) -> set[str]:
 
 def test_no_lab_credential_appears_in_anything_the_runs_printed_or_stored(burn, faulted):
     """Everything this module's runs printed, the ledger (with its write-ahead log), the
-    pool file and the burn-in state directory (its key pair and host lists)."""
+    pool file, the runs' reports and the burn-in state directory (its key pair and host
+    lists)."""
     lab_dir = Path(burn.state.lab_dir)
     secrets = secret_values(lab_dir)
     assert len(secrets) >= 4, "the lab's credentials were not read"
     stored = [path for path in lab_dir.glob("kiln.db*")]
     stored += [lab_dir / "pool.yaml", *sorted((lab_dir / "burnin-state").rglob("*"))]
+    stored += sorted((lab_dir / "reports").glob("run-*"))
     texts = {f"run {number}": output for number, output in enumerate(burn.outputs)}
     for path in stored:
         if path.is_file():
             texts[str(path)] = path.read_bytes().decode("utf-8", errors="replace")
     assert len(burn.outputs) >= 4 and any("kiln.db" in name for name in texts)
+    assert any(name.endswith(".md") for name in texts), "deploy/burnin.py wrote no report"
     leaks = [(name, "..." + secret[-3:]) for name, text in texts.items() for secret in secrets
              if secret in text]
     assert leaks == []

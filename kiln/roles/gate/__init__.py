@@ -32,20 +32,19 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.state import BaseStateCallback, State
-from pyinfra.context import ctx_state
 
 from kiln.core.context import node_context
 from kiln.core.ledger import TRANSITIONS, Ledger, NodeState, recorded_state
 from kiln.core.outcomes import fail_host
+from kiln.core.runlock import callback_once
 from kiln.roles.pool import FilePool
 
 logger = logging.getLogger("pyinfra")
 S = NodeState
 REASON_PREFIX = "kiln: "
 MAX_LINES = 8  # of a failure's output, in a reason: apt's last lines say what broke
-# The moves the gate makes towards the pool: forward through the lifecycle only.
-_FORWARD = frozenset({S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED,
-                      S.QUARANTINED})
+# The states the gate moves a node through towards the pool: forward only.
+_FORWARD = frozenset({S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED})
 _WHY = {
     S.DEPLOYED: "found deployed, with an OS, by the gate",
     S.CONFIGURED: "passed every stage before burn-in in this run (stack, firmware, fabric, "
@@ -65,7 +64,7 @@ def path_to_pool(start: NodeState | None) -> list[NodeState]:
     queue = deque([first])
     while queue:
         state = queue.popleft()
-        for following in sorted(TRANSITIONS[state] & _FORWARD - {S.QUARANTINED}):
+        for following in sorted(TRANSITIONS[state] & _FORWARD):
             if following not in seen:
                 seen[following] = [*seen[state], following]
                 queue.append(following)
@@ -190,14 +189,6 @@ class QuarantineFailedNodes(BaseStateCallback):
                          log_func=logger.error)
 
 
-def _quarantine_failures() -> None:
-    state = ctx_state.get()
-    if state is None or any(isinstance(handler, QuarantineFailedNodes)
-                            for handler in state.callback_handlers):
-        return
-    state.add_callback_handler(QuarantineFailedNodes())
-
-
 @deploy("Gate: pool the nodes that passed, quarantine the rest")
 def gate() -> None:
     pooled(name="Pooled: passed every stage of this run")
@@ -206,4 +197,4 @@ def gate() -> None:
 def gate_failures() -> None:
     """Quarantine every GPU node that fails an operation of this run (call it when the
     deploy is planned, before its first operation)."""
-    _quarantine_failures()
+    callback_once(QuarantineFailedNodes, QuarantineFailedNodes)

@@ -1,6 +1,7 @@
 """What the ledger says about the fleet, for people: `kiln nodes` and `kiln nodes NODE`.
 
-Read only (the ledger's read-only queries): neither command makes or changes a ledger.
+The rows come from the ledger's read-only queries (node_overview, node_history): neither
+command makes or changes a ledger.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.core.ledger import NodeOverview, Run, Transition, node_history, node_overview
+from kiln.core.ledger import NodeOverview, Run, Transition, iso_time
 
 COLOUR = {"pooled": "green", "quarantined": "red", "burning-in": "yellow"}
 
@@ -24,25 +25,11 @@ def _run_text(run: Run | None) -> str:
     return f"#{run.id} {Path(run.deploy).name} {run.result or 'running'} {_when(run.started_at)}"
 
 
-def _run_json(run: Run | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {"id": run.id, "deploy": run.deploy, "result": run.result,
-            "controller": run.controller, "pid": run.pid,
-            "started": datetime.fromtimestamp(run.started_at).isoformat(timespec="seconds"),
-            "finished": (datetime.fromtimestamp(run.finished_at).isoformat(timespec="seconds")
-                         if run.finished_at else None)}
-
-
-def fleet(ledger: Path | str) -> list[NodeOverview]:
-    return node_overview(ledger)
-
-
 def fleet_json(rows: list[NodeOverview]) -> list[dict[str, Any]]:
     return [{"node": r.node, "state": str(r.state),
-             "since": datetime.fromtimestamp(r.since).isoformat(timespec="seconds"),
-             "reason": r.reason, "last_busbw_gbps": r.last_busbw_gbps,
-             "last_run": _run_json(r.last_run)} for r in rows]
+             "since": iso_time(r.since), "reason": r.reason,
+             "last_busbw_gbps": r.last_busbw_gbps,
+             "last_run": r.last_run.as_dict() if r.last_run else None} for r in rows]
 
 
 def render_fleet(rows: list[NodeOverview]) -> str:
@@ -62,14 +49,8 @@ def render_fleet(rows: list[NodeOverview]) -> str:
     return _captured(table, ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
-def history(ledger: Path | str, node: str) -> list[tuple[Transition, Run | None]]:
-    return node_history(ledger, node)
-
-
 def history_json(rows: list[tuple[Transition, Run | None]]) -> list[dict[str, Any]]:
-    return [{"at": datetime.fromtimestamp(t.at).isoformat(timespec="seconds"),
-             "from": str(t.from_state) if t.from_state else None, "to": str(t.to_state),
-             "reason": t.reason, "run": _run_json(run)} for t, run in rows]
+    return [{**t.as_dict(), "run": run.as_dict() if run else None} for t, run in rows]
 
 
 def render_history(rows: list[tuple[Transition, Run | None]], node: str) -> str:
