@@ -137,6 +137,24 @@ CREATE TABLE IF NOT EXISTS run_nodes (
     node TEXT NOT NULL,
     PRIMARY KEY (run_id, node)
 );
+CREATE TABLE IF NOT EXISTS audits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    controller TEXT NOT NULL DEFAULT '',
+    nodes INTEGER NOT NULL,
+    drifted_nodes INTEGER NOT NULL,
+    summary TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS drifts (
+    node TEXT NOT NULL,
+    item TEXT NOT NULL,
+    place TEXT NOT NULL,
+    expected TEXT NOT NULL,
+    found TEXT NOT NULL,
+    since REAL NOT NULL,
+    audit_id INTEGER NOT NULL REFERENCES audits(id),
+    PRIMARY KEY (node, item, place)
+);
 CREATE INDEX IF NOT EXISTS run_nodes_node ON run_nodes(node, run_id);
 CREATE INDEX IF NOT EXISTS transitions_node ON transitions(node, id);
 CREATE INDEX IF NOT EXISTS checks_node ON checks(node, id);
@@ -322,6 +340,27 @@ def run_record(path: Path | str, run_id: int) -> tuple[Run, list[str]] | None:
         return Run(*row), nodes
 
     return _reading(path, read, None)
+
+
+@dataclass(frozen=True)
+class DriftSeen:
+    """One value of one node that differs, as the last audits saw it (table `drifts`)."""
+
+    node: str
+    item: str
+    place: str  # where on the node ("mlx5_3"); '' for the node itself
+    expected: str  # '' for a value pinned nowhere (an inconsistency)
+    found: str
+
+
+def drift_since(path: Path | str) -> dict[DriftSeen, float]:
+    """When each drift the ledger holds was first seen (since then every audit that read the
+    node saw it); read without writing anything. {} with no ledger or no audit yet."""
+    def read(db: sqlite3.Connection) -> dict[DriftSeen, float]:
+        return {DriftSeen(*row[:5]): row[5] for row in db.execute(
+            "SELECT node, item, place, expected, found, since FROM drifts")}
+
+    return _reading(path, read, {})
 
 
 def recorded_state(path: Path | str, node: str) -> NodeState | None:
@@ -593,6 +632,29 @@ class Ledger:
     def runs(self) -> list[Run]:
         return [Run(*row) for row in
                 self._db.execute(f"SELECT {_RUN_FIELDS} FROM runs ORDER BY id")]
+
+    def record_audit(self, nodes: list[str], seen: list[DriftSeen], summary: str,
+                     controller: str = "", at: float | None = None) -> int:
+        """One audit of `nodes` that found `seen`, in one transaction. A drift an earlier
+        audit saw keeps its `since`; one gone from a node audited now is forgotten; the
+        drifts of nodes not audited now are left as they were."""
+        at = time.time() if at is None else at
+        drifted = {drift.node for drift in seen}
+        with self._write() as db:
+            audit_id = int(db.execute(
+                "INSERT INTO audits (at, controller, nodes, drifted_nodes, summary) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (at, controller, len(nodes), len(drifted), summary)).lastrowid)
+            before = {DriftSeen(*row[:5]): row[5] for row in db.execute(
+                "SELECT node, item, place, expected, found, since FROM drifts")}
+            audited = set(nodes)
+            db.executemany("DELETE FROM drifts WHERE node = ?", [(n,) for n in sorted(audited)])
+            db.executemany(
+                "INSERT OR REPLACE INTO drifts (node, item, place, expected, found, since, "
+                "audit_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.node, d.item, d.place, d.expected, d.found, before.get(d, at), audit_id)
+                 for d in seen if d.node in audited])
+        return audit_id
 
     def close_dead_runs(self, controller: str, alive: Callable[[int], bool]) -> list[Run]:
         """Record as interrupted every unfinished run of `controller` whose process is gone

@@ -15,7 +15,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from kiln.roles.infiniband.facts import HcaReport, MlxFwResetQuery
 
-FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def ip_json(links: dict[str, tuple[bool, list[str]]]) -> str:
