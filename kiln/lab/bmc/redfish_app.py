@@ -15,6 +15,12 @@ routes, its htpasswd basic auth, its TLS. What the lab adds, and why:
 - `Boot.BootSourceOverrideEnabled`: sushy-tools' system resource always says Continuous and
   ignores what a PATCH sends; the lab keeps it (a Once override is used up by the next
   boot), so the system resource is wrapped to store and show it;
+- the BIOS setup: sushy-tools serves `Systems/<id>/BIOS` and takes PATCHes of
+  `BIOS/Settings` through the driver (lab/bmc/bios.py: attributes in the node's profile,
+  settings staged for its next boot). sushy-tools' Settings resource shows the attributes
+  in effect; the lab's shows those the next boot will have, and its Bios resource says
+  settings apply OnReset only (`@Redfish.Settings` SupportedApplyTimes; a PATCH asking for
+  another ApplyTime is a 400);
 - the Manager's `FirmwareVersion` is the node's BMC version (sushy-tools says "1.00");
 - the system event log (sushy-tools has no LogServices): `Systems/<id>/LogServices/SEL`, a
   LogService whose Entries are the node's SEL store (`<lab>/bmc/<node>/sel.json`, written by
@@ -56,6 +62,9 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 INVENTORY_NAMES = {"bios": "System BIOS", "bmc": "Baseboard Management Controller"}
 MANAGER_RESET_TYPES = ("GracefulRestart", "ForceRestart")
 RESTART_SECONDS = 1.5
+
+# When a BIOS setting PATCHed to Bios/Settings takes effect: the node's next boot.
+BIOS_APPLY_TIMES = ("OnReset",)
 
 ACTIVATED_BY = {"bios": "system reset (ComputerSystem.Reset)",
                 "bmc": "BMC restart (Manager.Reset)"}
@@ -140,6 +149,8 @@ def _add_routes(app: flask.Flask) -> None:
     app.view_functions["manager_resource"] = _with_bmc_version(
         app.view_functions["manager_resource"]
     )
+    app.view_functions["bios"] = _with_apply_times(app.view_functions["bios"])
+    app.view_functions["bios_settings"] = _with_pending_bios(app.view_functions["bios_settings"])
     app.add_url_rule("/redfish/v1/Managers/<identity>/Actions/Manager.Reset",
                      "lab_manager_reset", manager_reset, methods=["POST"])
     app.view_functions["system_resource"] = _with_log_services(
@@ -399,6 +410,41 @@ def _patch_boot(original: Callable[..., Any], driver: LabSystemsDriver, identity
     if response.status_code < 300:
         driver.set_boot_override(system, enabled)
     return response
+
+
+def _with_apply_times(original: Callable[..., Any]) -> Callable[..., Any]:
+    def bios(identity: str) -> Any:
+        response = original(identity)
+        if response.status_code == 200:
+            document = json.loads(response.get_data())
+            settings = document.setdefault("@Redfish.Settings", {})
+            settings["SupportedApplyTimes"] = list(BIOS_APPLY_TIMES)
+            response.set_data(json.dumps(document, indent=2))
+        return response
+
+    return bios
+
+
+def _with_pending_bios(original: Callable[..., Any]) -> Callable[..., Any]:
+    def bios_settings(identity: str) -> Any:
+        if flask.request.method == "PATCH":
+            body = flask.request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise error.BadRequest("BIOS/Settings: the request body must be a JSON object")
+            apply = body.get("@Redfish.SettingsApplyTime")
+            when = apply.get("ApplyTime") if isinstance(apply, dict) else apply
+            if when is not None and when not in BIOS_APPLY_TIMES:
+                raise error.BadRequest(f"BIOS/Settings: ApplyTime {when!r} is not supported "
+                                       f"(supported: {', '.join(BIOS_APPLY_TIMES)})")
+            return original(identity)
+        response = original(identity)
+        if response.status_code == 200:
+            document = json.loads(response.get_data())
+            document["Attributes"] = _app().systems.get_bios_settings(identity)
+            response.set_data(json.dumps(document, indent=2))
+        return response
+
+    return bios_settings
 
 
 def _with_bmc_version(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,7 +12,11 @@ bookkeeping (names, UUID, NICs, boot override) and puts the lab node behind the 
   boot, as a real BMC clears it, a `Continuous` one stays;
 - firmware versions are the node's hardware profile (BIOS and BMC), and `set_versions`
   stages the released image of a version into the node's flash spool, active at the next
-  reset (lab/bmc/firmware.py).
+  reset (lab/bmc/firmware.py);
+- the BIOS setup (`get_bios`, the Redfish Bios resource) is the profile's
+  `bios_attributes`; `set_bios` (a PATCH of Bios/Settings) and `reset_bios`
+  (Bios.ResetBios) only stage settings, which the node's next boot applies, as a BIOS
+  does at POST; until then `get_bios_settings` shows them (lab/bmc/bios.py).
 
 The lab is reached only through `power` (`lab.cluster` in the lab; tests pass a recorder).
 """
@@ -28,7 +32,7 @@ from typing import Any, Protocol
 from sushy_tools import error
 from sushy_tools.emulator.resources.systems.fakedriver import FakeDriver
 
-from kiln.lab.bmc import firmware
+from kiln.lab.bmc import bios, firmware
 
 POWER_ON = ("On", "ForceOn")
 POWER_OFF = ("ForceOff", "GracefulShutdown")
@@ -217,4 +221,39 @@ class LabSystemsDriver(FakeDriver):
         try:
             return firmware.activate_staged_bmc(self.lab, self.node)
         except firmware.FirmwareError as exc:
+            raise error.FishyError(str(exc)) from None
+
+    # -- BIOS setup ---------------------------------------------------------------------
+    def get_bios(self, identity: str) -> dict[str, Any]:
+        """The attributes in effect (the Bios resource)."""
+        self._get(identity)
+        try:
+            return bios.current_attributes(self.lab, self.node)
+        except bios.BiosError as exc:
+            raise error.FishyError(str(exc)) from None
+
+    def get_bios_settings(self, identity: str) -> dict[str, Any]:
+        """The attributes the next boot will have (the Bios/Settings resource)."""
+        self._get(identity)
+        try:
+            return bios.next_boot_attributes(self.lab, self.node)
+        except bios.BiosError as exc:
+            raise error.FishyError(str(exc)) from None
+
+    def set_bios(self, identity: str, attributes: dict[str, Any]) -> None:
+        """Stage attributes for the next boot; a wrong name or value refuses them all."""
+        self._get(identity)
+        try:
+            bios.stage(self.lab, self.node, attributes)
+        except bios.AttributeRejected as exc:
+            raise error.BadRequest(f"BIOS attributes refused: {exc}") from None
+        except bios.BiosError as exc:
+            raise error.FishyError(str(exc)) from None
+
+    def reset_bios(self, identity: str) -> None:
+        """Stage every attribute's default for the next boot."""
+        self._get(identity)
+        try:
+            bios.stage_defaults(self.lab, self.node)
+        except bios.BiosError as exc:
             raise error.FishyError(str(exc)) from None

@@ -25,6 +25,8 @@ from .faults import (
     validate_fault,
 )
 from .profile import (
+    BIOS_ATTRIBUTES,
+    BIOS_PENDING,
     DEFAULT_SEED,
     KNOWN_FIRMWARE,
     generate_profile,
@@ -149,6 +151,7 @@ def _apply_flashed(directory: Path, profile: dict[str, Any]) -> list[str]:
         else:
             profile["firmware"][header[0]] = header[1]
         blob.unlink()
+    notes += _apply_bios_settings(flash, profile)
     # What `mlxfwreset` made current since the last boot, then what is still pending: a boot
     # resets every card, so both are current now.
     for name in (MLXCONFIG_ACTIVE, MLXCONFIG_PENDING):
@@ -159,6 +162,26 @@ def _apply_flashed(directory: Path, profile: dict[str, Any]) -> list[str]:
                 hca["mlxconfig"].update(settings.get(hca["name"], {}))
             spool.unlink()
     return notes
+
+
+def _apply_bios_settings(flash: Path, profile: dict[str, Any]) -> list[str]:
+    """BIOS settings the BMC accepted since the last boot (a Bios/Settings PATCH, staged by
+    lab/bmc/bios.py) become the setup in effect, as a BIOS applies them at POST."""
+    pending = flash / BIOS_PENDING
+    if not pending.exists():
+        return []
+    # Moved aside first: a PATCH arriving during this boot is kept for the next one.
+    applying = pending.with_name(pending.name + ".applying")
+    pending.replace(applying)
+    try:
+        settings = read_json(applying)
+    except ValueError:
+        settings = None
+    applying.unlink()
+    if not isinstance(settings, dict):
+        return [f"{BIOS_PENDING}: rejected (not a JSON object of BIOS attributes)"]
+    profile.setdefault("bios_attributes", dict(BIOS_ATTRIBUTES)).update(settings)
+    return []
 
 
 def on_node_boot(lab_dir: Path, node_name: str, rootfs: Path) -> None:

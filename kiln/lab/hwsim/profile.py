@@ -7,6 +7,9 @@ the same serials, UUIDs and GUIDs, and a test can name them. `profile.json` sche
     node, index, role ("gpu" | "service"), seed
     system:   {manufacturer, product, board, serial}
     firmware: {bios, bmc}                      BIOS and BMC versions (flash content)
+    bios_attributes: {NAME: value}             the BIOS setup in effect (Redfish Bios
+                                               Attributes; a profile without it is at
+                                               `BIOS_ATTRIBUTES`)
     mgmt_nic: {name, model, driver, mac, pci_bdf, firmware}
     gpus:     [ {index, name, serial, uuid, pci_bus_id, minor, module_id, board_id,
                  board_part_number, gpu_part_number, device_id, subsystem_id,
@@ -76,6 +79,36 @@ KNOWN_FIRMWARE = {
     "connectx7": ["28.39.1002", "28.41.1000", "28.43.1014"],
     "gpu-vbios": ["96.00.61.00.01", "96.00.74.00.0D"],
 }
+
+# The BIOS setup a node ships with, by the names its BMC's Redfish Bios resource uses (Dell
+# style, as the DMTF mockups). firmware/lab.yaml pins SriovGlobalEnable and PcieAcsControl;
+# the rest are settings an HGX H100 BIOS has that nothing pins.
+BIOS_ATTRIBUTES: dict[str, str | int | bool] = {
+    "BootMode": "Uefi",
+    "LogicalProc": "Enabled",
+    "MmioAbove4Gb": "Enabled",
+    "NumaGroupSizeOpt": "Clustered",
+    "PcieAcsControl": "Disabled",
+    "ProcCStates": "Enabled",
+    "ProcCoreDisable": 0,
+    "ProcTurboMode": "Enabled",
+    "SriovGlobalEnable": "Disabled",
+}
+_ENABLED = ("Enabled", "Disabled")
+# The values each attribute accepts: names, or a range of integers.
+BIOS_CHOICES: dict[str, tuple[str, ...] | range] = {
+    "BootMode": ("Uefi", "Legacy"),
+    "LogicalProc": _ENABLED,
+    "MmioAbove4Gb": _ENABLED,
+    "NumaGroupSizeOpt": ("Clustered", "Flat"),
+    "PcieAcsControl": _ENABLED,
+    "ProcCStates": _ENABLED,
+    "ProcCoreDisable": range(0, 56),  # cores per socket of a Xeon Platinum 8480+
+    "ProcTurboMode": _ENABLED,
+    "SriovGlobalEnable": _ENABLED,
+}
+# In the node's flash spool: BIOS settings its BMC accepted, applied by the next boot.
+BIOS_PENDING = "bios-settings-pending.json"
 
 GPU_NAME = "NVIDIA H100 80GB HBM3"
 # The PCI buses and module ids of the eight GPUs of a real HGX H100 board (as nvidia-smi -q
@@ -351,6 +384,7 @@ def generate_profile(
             "serial": f"S{rng.randrange(10**9):09d}",
         },
         "firmware": {"bios": versions["bios"], "bmc": versions["bmc"]},
+        "bios_attributes": dict(BIOS_ATTRIBUTES),
         "mgmt_nic": {
             "name": "eno1",
             "model": "Intel(R) Ethernet Controller E810-C for QSFP",

@@ -1,5 +1,5 @@
-"""kiln's BMC client: power, one-time boot, firmware inventory and updates, event log,
-the BMC's own restart (`reset_bmc`).
+"""kiln's BMC client: power, one-time boot, firmware inventory and updates, BIOS attributes,
+event log, the BMC's own restart (`reset_bmc`).
 
 Redfish through sushy (roles/bmc/redfish.py), IPMI through ipmitool (roles/bmc/ipmi.py),
 one interface for both (`BMCClient`, roles/bmc/interface.py), chosen by the node's inventory
@@ -24,6 +24,7 @@ from kiln.roles.bmc.errors import (
     BMCUnsupported,
 )
 from kiln.roles.bmc.interface import (
+    BiosValue,
     BMCClient,
     BootOverride,
     FirmwareComponent,
@@ -40,6 +41,7 @@ __all__ = [
     "BMCTimeout",
     "BMCUnavailable",
     "BMCUnsupported",
+    "BiosValue",
     "BootOverride",
     "FirmwareComponent",
     "LogEntry",

@@ -1,4 +1,5 @@
-"""Facts read from a node's BMC: power state, firmware inventory, boot override, event log.
+"""Facts read from a node's BMC: power state, firmware inventory, BIOS attributes, boot
+override, event log.
 
 These are not pyinfra `FactBase` classes, on purpose. In pyinfra 3 `host.get_fact(F)` always
 runs `F.command()` through the host's connector (`pyinfra.api.facts._get_fact` calls
@@ -21,7 +22,7 @@ from typing import Any
 
 from kiln.core.retry import RetryPolicy
 from kiln.roles.bmc.client import connect
-from kiln.roles.bmc.interface import BMCClient
+from kiln.roles.bmc.interface import BiosValue, BMCClient
 
 logger = logging.getLogger("pyinfra")
 
@@ -46,6 +47,14 @@ def firmware_inventory(host: Any, retry: RetryPolicy | None = None) -> list[dict
     """[{id, name, version, updateable}, ...] in the BMC's order."""
     with closing(bmc_for(host, retry)) as bmc:
         return [asdict(component) for component in bmc.firmware_inventory()]
+
+
+def bios_attributes(host: Any, retry: RetryPolicy | None = None) -> dict[str, BiosValue]:
+    """{attribute: value} of the BIOS setup in effect now, with the BMC's names and types
+    (Redfish Bios Attributes; settings pending for the next reset are not included).
+    BMCUnsupported for an IPMI BMC, or a Redfish BMC that has no Bios resource."""
+    with closing(bmc_for(host, retry)) as bmc:
+        return bmc.bios_attributes()
 
 
 def boot_override(host: Any, retry: RetryPolicy | None = None) -> dict[str, Any]:

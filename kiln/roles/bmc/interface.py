@@ -1,9 +1,9 @@
 """What every BMC client offers and shares, whichever protocol it speaks.
 
-The typed answers (FirmwareComponent, BootOverride, LogEntry, UpdateResult), the interface
-(`BMCClient`), the power rules both protocols follow (`PowerControl`) and the wait for a BMC
-restarting itself. The Redfish and IPMI clients (roles/bmc/redfish.py, roles/bmc/ipmi.py)
-build on this module; `connect` (roles/bmc/client.py) picks one of them.
+The typed answers (FirmwareComponent, BootOverride, LogEntry, UpdateResult, BiosValue), the
+interface (`BMCClient`), the power rules both protocols follow (`PowerControl`) and the wait
+for a BMC restarting itself. The Redfish and IPMI clients (roles/bmc/redfish.py,
+roles/bmc/ipmi.py) build on this module; `connect` (roles/bmc/client.py) picks one of them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ BMC_RESET_WAIT_SECONDS = 300.0
 # before its answer is taken as the restarted BMC's: some take seconds to start the restart.
 BMC_RESET_SETTLE_SECONDS = 15.0
 BOOT_DEVICES = ("pxe", "disk")
+
+# A BIOS attribute's value as Redfish types them (String/Enumeration, Integer, Boolean).
+BiosValue = str | int | bool
 
 
 # -- what a BMC reports ---------------------------------------------------------------------
@@ -88,6 +91,8 @@ class BMCClient(Protocol):
     def set_boot_once(self, device: str) -> None: ...
 
     def firmware_inventory(self) -> list[FirmwareComponent]: ...
+
+    def bios_attributes(self) -> dict[str, BiosValue]: ...
 
     def update_firmware(self, component: str, image_uri: str,
                         timeout: float = 1800.0) -> UpdateResult: ...

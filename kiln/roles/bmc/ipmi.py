@@ -41,6 +41,7 @@ from kiln.roles.bmc.interface import (
     BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
     POLL_SECONDS,
+    BiosValue,
     BootOverride,
     FirmwareComponent,
     LogEntry,
@@ -207,7 +208,7 @@ class IpmiBMC(PowerControl):
             args.append("options=efiboot")
         self.run(*args, write=True)
 
-    # -- firmware, log -------------------------------------------------------------------
+    # -- firmware, BIOS, log -------------------------------------------------------------
 
     def firmware_inventory(self) -> list[FirmwareComponent]:
         """IPMI knows one firmware: the BMC's own (`mc info`, Firmware Revision)."""
@@ -224,6 +225,12 @@ class IpmiBMC(PowerControl):
         raise BMCUnsupported(
             f"{self.label}: IPMI has no standard firmware update; update {component} through "
             "the vendor's tool or the BMC's Redfish service"
+        )
+
+    def bios_attributes(self) -> dict[str, BiosValue]:
+        raise BMCUnsupported(
+            f"{self.label}: IPMI has no standard way to read BIOS attributes; read them "
+            "through the BMC's Redfish service (bmc.protocol: redfish) or the vendor's tool"
         )
 
     def event_log(self, limit: int = 1000) -> list[LogEntry]:

@@ -32,6 +32,7 @@ from sushy.connector import Connector
 from sushy.resources import base
 from sushy.resources import constants as res_cons
 from sushy.resources.system import constants as sys_cons
+from sushy.resources.system.bios import Bios
 from sushy.resources.taskservice import constants as task_cons
 from sushy.resources.taskservice.task import Task
 from sushy.resources.updateservice import constants as up_cons
@@ -54,6 +55,7 @@ from kiln.roles.bmc.interface import (
     BMC_RESET_WAIT_SECONDS,
     BOOT_DEVICES,
     POLL_SECONDS,
+    BiosValue,
     BootOverride,
     FirmwareComponent,
     LogEntry,
@@ -433,6 +435,31 @@ class RedfishBMC(PowerControl):
         if task_uri:
             return Task(root._conn, task_uri, redfish_version=root.redfish_version)
         return None
+
+    # -- BIOS ----------------------------------------------------------------------------
+
+    def _bios(self) -> Bios:
+        """The system's Bios resource (sushy's); BMCUnsupported when the BMC has none."""
+        system = self._system()
+        try:
+            return system.bios
+        except sushy_exc.MissingAttributeError:
+            raise BMCUnsupported(f"{self.label}: the system {system.path} links no Bios "
+                                 "resource: this BMC offers no BIOS attributes over "
+                                 "Redfish") from None
+        except sushy_exc.ResourceNotFoundError as exc:
+            raise BMCUnsupported(f"{self.label}: the system {system.path} links a Bios "
+                                 f"resource, but the BMC has none: {self._scrub(str(exc))}"
+                                 ) from None
+
+    def bios_attributes(self) -> dict[str, BiosValue]:
+        """The BIOS attributes in effect (the Bios resource's Attributes), as the BMC names
+        and types them. Settings pending for the next reset (Bios/Settings) are not here."""
+        bios = self._call("read the BIOS attributes", self._bios)
+        attributes = bios.attributes
+        if not isinstance(attributes, dict):
+            raise BMCError(f"{self.label}: the Bios resource {bios.path} has no Attributes")
+        return dict(attributes)
 
     # -- the BMC itself ---------------------------------------------------------------------
 

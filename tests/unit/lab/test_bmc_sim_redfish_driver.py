@@ -1,20 +1,29 @@
 """The lab's Redfish systems driver (a sushy-tools fake-driver subclass): power mapping, boot
-override, firmware versions, image checking. The lab's power calls are a recorder; the
+override, firmware versions, image checking, BIOS setup. The lab's power calls are a recorder; the
 hardware profile, flash spool and boot-time activation are the lab's real ones."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 from sushy_tools import error
 
-from kiln.lab.bmc import firmware
+from kiln.lab.bmc import bios, firmware
 from kiln.lab.bmc.redfish_driver import LabSystemsDriver, lab_system
 from kiln.lab.firmware_blobs import blob_bytes
 from kiln.lab.hwsim.lab_hooks import on_node_boot, prepare_node_hardware
-from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE, read_json, write_json
+from kiln.lab.hwsim.profile import (
+    BIOS_ATTRIBUTES,
+    FIRMWARE,
+    OLD_FIRMWARE,
+    read_json,
+    write_json,
+)
 
 NODE = "gpu-001"
 
@@ -302,3 +311,83 @@ def test_bytes_without_a_header_are_rejected():
 def test_staging_needs_the_nodes_spool(tmp_path):
     with pytest.raises(firmware.FirmwareError, match="gpu-009: no flash spool"):
         firmware.stage_image(tmp_path, "gpu-009", "bios", b"x")
+
+
+# -- BIOS setup -----------------------------------------------------------------------
+
+MANIFEST = Path(__file__).resolve().parents[3] / "kiln" / "firmware" / "lab.yaml"
+
+
+def test_bios_starts_at_the_defaults_and_the_lab_manifest_agrees(lab, driver, system):
+    attributes = driver.get_bios(system)
+    assert attributes == BIOS_ATTRIBUTES
+    assert read_json(lab / "hw" / NODE / "profile.json")["bios_attributes"] == attributes
+    pinned = yaml.safe_load(MANIFEST.read_text())["settings"]["bios"]
+    assert pinned == {"SriovGlobalEnable": "Disabled", "PcieAcsControl": "Disabled"}
+    assert {name: attributes[name] for name in pinned} == pinned
+    assert driver.get_bios_settings(system) == attributes  # nothing pending
+
+
+def test_set_bios_waits_for_the_next_boot_and_outlives_the_bmc(lab, driver, system, power):
+    driver.set_bios(system, {"SriovGlobalEnable": "Enabled"})
+    driver.set_bios(system, {"ProcCoreDisable": 4})  # a second PATCH adds to the first
+    assert driver.get_bios(system) == BIOS_ATTRIBUTES
+    assert driver.get_bios_settings(system) == {
+        **BIOS_ATTRIBUTES, "SriovGlobalEnable": "Enabled", "ProcCoreDisable": 4}
+    reboot_node(lab)
+    expected = {**BIOS_ATTRIBUTES, "SriovGlobalEnable": "Enabled", "ProcCoreDisable": 4}
+    assert driver.get_bios(system) == expected
+    assert not bios.pending_path(lab, NODE).exists()
+    config = {"SUSHY_EMULATOR_FAKE_SYSTEMS": [lab_system(lab, NODE, "10.231.0.11")],
+              "SUSHY_EMULATOR_STATE_DIR": str(lab / "bmc-state")}
+    restarted = LabSystemsDriver(config, logging.getLogger("test"), lab, NODE, power)
+    assert restarted.get_bios(restarted.systems[0]) == expected
+
+
+@pytest.mark.parametrize("attributes, why", [
+    ({"SriovGlobalEnable": "Enabled", "NoSuchKnob": "On"},
+     "'NoSuchKnob' is not an attribute of this BIOS"),
+    ({"SriovGlobalEnable": "On"}, "SriovGlobalEnable takes one of Enabled, Disabled, not 'On'"),
+    ({"ProcCoreDisable": 56}, "ProcCoreDisable takes an integer from 0 to 55, not 56"),
+    ({"ProcCoreDisable": "4"}, "ProcCoreDisable takes an integer from 0 to 55, not '4'"),
+    ({"ProcCoreDisable": True}, "ProcCoreDisable takes an integer from 0 to 55, not True"),
+    ({}, "Attributes must be a non-empty object"),
+    (None, "Attributes must be a non-empty object"),
+])
+def test_set_bios_refuses_a_wrong_name_or_value_and_stages_nothing(lab, driver, system,
+                                                                    attributes, why):
+    with pytest.raises(error.BadRequest, match=re.escape(why)):
+        driver.set_bios(system, attributes)
+    assert driver.get_bios_settings(system) == BIOS_ATTRIBUTES
+    assert not bios.pending_path(lab, NODE).exists()
+
+
+def test_reset_bios_returns_to_the_defaults_at_the_next_boot(lab, driver, system):
+    driver.set_bios(system, {"NumaGroupSizeOpt": "Flat", "BootMode": "Legacy"})
+    reboot_node(lab)
+    assert driver.get_bios(system)["NumaGroupSizeOpt"] == "Flat"
+    driver.reset_bios(system)
+    assert driver.get_bios(system)["NumaGroupSizeOpt"] == "Flat"
+    reboot_node(lab)
+    assert driver.get_bios(system) == BIOS_ATTRIBUTES
+
+
+def test_a_profile_from_before_bios_attributes_is_at_the_defaults(lab, driver, system):
+    profile_path = lab / "hw" / NODE / "profile.json"
+    profile = read_json(profile_path)
+    del profile["bios_attributes"]
+    write_json(profile_path, profile)
+    assert driver.get_bios(system) == BIOS_ATTRIBUTES
+    driver.set_bios(system, {"ProcTurboMode": "Disabled"})
+    reboot_node(lab)
+    assert read_json(profile_path)["bios_attributes"] == {**BIOS_ATTRIBUTES,
+                                                          "ProcTurboMode": "Disabled"}
+
+
+def test_a_garbled_pending_file_is_noted_at_boot_and_changes_nothing(lab, driver, system):
+    bios.pending_path(lab, NODE).write_text("[1, 2]")
+    reboot_node(lab)
+    assert driver.get_bios(system) == BIOS_ATTRIBUTES
+    notes = read_json(lab / "hw" / NODE / "boot.json")["flash_notes"]
+    assert notes == ["bios-settings-pending.json: rejected (not a JSON object of BIOS "
+                     "attributes)"]

@@ -27,7 +27,7 @@ from kiln.lab.bmc.redfish_app import RESTART_SECONDS, UpdateSettings, fetch_over
 from kiln.lab.bmc.redfish_driver import LabSystemsDriver, lab_system
 from kiln.lab.firmware_blobs import blob_bytes, blob_file_name
 from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
-from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
+from kiln.lab.hwsim.profile import BIOS_ATTRIBUTES, FIRMWARE, OLD_FIRMWARE
 from kiln.lab.tls import issue_cert
 from kiln.roles.bmc.redfish import RedfishBMC
 
@@ -358,3 +358,42 @@ def test_a_restart_with_nothing_staged_changes_no_version(client, bmc):
     the_manager(client).reset_manager(res_cons.ResetType.GRACEFUL_RESTART)
     wait_until_answering(bmc)
     assert firmware.running_versions(bmc["lab"], NODE) == before
+
+
+def test_bios_settings_patched_with_sushy_apply_at_the_next_boot(client, bmc):
+    system = the_system(client)
+    bios = system.bios
+    assert bios.attributes == BIOS_ATTRIBUTES
+    assert bios.json["@Redfish.Settings"]["SupportedApplyTimes"] == ["OnReset"]
+    bios.set_attributes({"PcieAcsControl": "Enabled", "ProcCoreDisable": 2})
+    bios.refresh()  # the Settings resource too: what the next boot will have
+    assert bios.pending_attributes == {**BIOS_ATTRIBUTES, "PcieAcsControl": "Enabled",
+                                       "ProcCoreDisable": 2}
+    assert bios.attributes == BIOS_ATTRIBUTES
+    reboot_node(bmc["lab"])
+    bios.refresh()
+    try:
+        assert bios.attributes == {**BIOS_ATTRIBUTES, "PcieAcsControl": "Enabled",
+                                   "ProcCoreDisable": 2}
+        assert bios.pending_attributes == bios.attributes
+    finally:
+        bios.reset_bios()  # the module's other tests see a BIOS at its defaults
+        reboot_node(bmc["lab"])
+    bios.refresh()
+    assert bios.attributes == BIOS_ATTRIBUTES
+
+
+@pytest.mark.parametrize("body, why", [
+    ({"Attributes": {"SriovGlobalEnable": "Maybe"}},
+     "SriovGlobalEnable takes one of Enabled, Disabled, not 'Maybe'"),
+    ({"Attributes": {"SriovGlobalEnable": "Enabled"},
+      "@Redfish.SettingsApplyTime": {"ApplyTime": "Immediate"}},
+     "ApplyTime 'Immediate' is not supported (supported: OnReset)"),
+])
+def test_bad_bios_settings_are_a_400_naming_why(bmc, client, body, why):
+    settings = f"{the_system(client).path}/BIOS/Settings"
+    response = requests.patch(url(bmc, settings), json=body, auth=(USER, PASSWORD),
+                              verify=bmc["ca"])
+    assert response.status_code == 400
+    assert why in response.json()["error"]["message"]
+    assert bmc["driver"].get_bios_settings(bmc["driver"].systems[0]) == BIOS_ATTRIBUTES

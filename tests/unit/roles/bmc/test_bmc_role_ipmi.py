@@ -216,6 +216,20 @@ def test_password_travels_in_the_environment_only():
     assert set(env) == {"PATH", "IPMI_PASSWORD", "TZ", "LC_ALL"}
 
 
+def test_bios_attributes_are_unsupported_over_ipmi_and_nothing_is_run():
+    def runner(argv, **kwargs):
+        raise AssertionError(f"ipmitool was run: {argv}")
+
+    bmc = IpmiBMC("10.0.0.5", username="admin", password="Sup3r-S3cret-Pw",
+                  label="BMC 10.0.0.5 (ipmi, node svc-001)", runner=runner)
+    with pytest.raises(BMCUnsupported) as failure:
+        bmc.bios_attributes()
+    assert str(failure.value) == (
+        "BMC 10.0.0.5 (ipmi, node svc-001): IPMI has no standard way to read BIOS "
+        "attributes; read them through the BMC's Redfish service (bmc.protocol: redfish) "
+        "or the vendor's tool")
+
+
 # -- against the real ipmi_sim ----------------------------------------------------------------
 
 NEEDS = [tool for tool in ("ipmi_sim", "ipmitool") if shutil.which(tool) is None]

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import ssl
 import subprocess
 import threading
@@ -36,10 +37,12 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from test_bmc_sim_redfish_driver import NODE, PowerRecorder
+from test_bmc_sim_redfish_driver import NODE, PowerRecorder, reboot_node
 from werkzeug.serving import make_server
 
+from kiln.core.manifest import load_manifest
 from kiln.core.retry import RetryPolicy
+from kiln.lab.bmc import bios as lab_bios
 from kiln.lab.bmc import firmware as lab_firmware
 from kiln.lab.bmc.redfish import write_htpasswd
 from kiln.lab.bmc.redfish_app import RESTART_SECONDS, UpdateSettings, fetch_over_http, install
@@ -48,7 +51,13 @@ from kiln.lab.bmc.static import free_port, serve
 from kiln.lab.bmc.static import stop as stop_static
 from kiln.lab.firmware_blobs import blob_bytes, blob_file_name
 from kiln.lab.hwsim.lab_hooks import prepare_node_hardware
-from kiln.lab.hwsim.profile import FIRMWARE, OLD_FIRMWARE
+from kiln.lab.hwsim.profile import (
+    BIOS_ATTRIBUTES,
+    FIRMWARE,
+    OLD_FIRMWARE,
+    read_json,
+    write_json,
+)
 from kiln.lab.tls import ensure_ca, issue_cert
 from kiln.roles.bmc import (
     BMCAuthError,
@@ -386,6 +395,12 @@ def lab_bmc(lab_bmc_server) -> SimpleNamespace:
     response = requests.patch(f"{bmc.url}{bmc.system}", auth=(USER, PASSWORD), verify=bmc.ca,
                               json={"Boot": {"BootSourceOverrideEnabled": "Disabled"}})
     assert response.status_code == 204, response.text
+    # The BIOS at its defaults, nothing pending.
+    lab_bios.pending_path(bmc.lab, NODE).unlink(missing_ok=True)
+    profile_file = lab_firmware.profile_path(bmc.lab, NODE)
+    profile = read_json(profile_file)
+    profile["bios_attributes"] = dict(BIOS_ATTRIBUTES)
+    write_json(profile_file, profile)
     bmc.requests.seen.clear()
     return bmc
 
@@ -838,3 +853,93 @@ def test_connect_errors_name_the_node_and_field(tmp_path):
     with pytest.raises(BMCError, match="cipher_suite: input should be less than or equal to 17"):
         connect({"address": "10.0.0.6", "protocol": "ipmi", "cipher_suite": 99}, env={})
 
+
+# -- BIOS attributes ---------------------------------------------------------------------------
+
+BIOS_SETTINGS = "/BIOS/Settings"
+
+
+def test_dmtf_bios_attributes_are_the_mockups(dmtf):
+    expected = resource(DMTF, only_system(DMTF)["Bios"]["@odata.id"])["Attributes"]
+    attributes = redfish(dmtf).bios_attributes()
+    assert attributes == expected and len(attributes) == 10
+    # Typed as the BMC typed them: an Integer attribute stays an int.
+    assert attributes["ProcCoreDisable"] == 0 and attributes["BootMode"] == "Uefi"
+
+
+def dmtf_without_bios(directory: Path, keep_link: bool) -> Path:
+    """The DMTF mockup with its Bios resource removed, and its link too unless `keep_link`."""
+    copy = directory / "mockup"
+    shutil.copytree(DMTF, copy)
+    system_dir = copy / "Systems" / "437XR1138R2"
+    shutil.rmtree(system_dir / "Bios")
+    if not keep_link:
+        document = json.loads((system_dir / "index.json").read_text())
+        del document["Bios"]
+        (system_dir / "index.json").write_text(json.dumps(document))
+    return copy
+
+
+@pytest.mark.parametrize("keep_link, said", [
+    (False, "the system /redfish/v1/Systems/437XR1138R2 links no Bios resource: this BMC "
+            "offers no BIOS attributes over Redfish"),
+    (True, "the system /redfish/v1/Systems/437XR1138R2 links a Bios resource, but the BMC "
+           "has none: "),
+], ids=["no-link", "linked-but-404"])
+def test_a_bmc_without_a_bios_resource_is_unsupported(tmp_path, keep_link, said):
+    sleeps: list[float] = []
+    with serve(dmtf_without_bios(tmp_path, keep_link)) as root:
+        bmc = redfish(root, sleeps)
+        assert bmc.power_state() == "on"  # the rest of the BMC answers
+        with pytest.raises(BMCUnsupported) as failure:
+            bmc.bios_attributes()
+    assert str(failure.value).startswith(f"BMC 127.0.0.1 (redfish, node gpu-017): {said}")
+    assert sleeps == []  # an answer, not a transient failure: not retried
+
+
+def test_lab_bios_attributes_are_the_nodes_and_hold_what_the_manifest_pins(lab_bmc, tmp_path,
+                                                                          monkeypatch):
+    attributes = lab_redfish(lab_bmc).bios_attributes()
+    assert attributes == BIOS_ATTRIBUTES
+    pinned = load_manifest(ROOT / "kiln" / "firmware" / "lab.yaml").settings.bios
+    assert pinned and {name: attributes.get(name) for name in pinned} == pinned
+    assert lab_bmc.requests.statuses("GET", f"{lab_bmc.system}/BIOS") == [200]
+    # The fact, from host data as a deploy has it.
+    for name in ("KILN_BMC_USERNAME", "KILN_BMC_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    data = host_data(lab_bmc.port, secrets_file(tmp_path), ca_bundle=lab_bmc.ca)
+    assert bmc_facts.bios_attributes(data) == BIOS_ATTRIBUTES
+
+
+def test_a_bios_attribute_patched_over_redfish_is_read_back_after_the_reset(lab_bmc):
+    bmc = lab_redfish(lab_bmc)
+    response = requests.patch(f"{lab_bmc.url}{lab_bmc.system}{BIOS_SETTINGS}",
+                              json={"Attributes": {"SriovGlobalEnable": "Enabled"}},
+                              auth=(USER, PASSWORD), verify=lab_bmc.ca)
+    assert response.status_code == 204, response.text
+    # A BIOS setting takes effect at the next reset: until then the BMC reports the old one.
+    assert bmc.bios_attributes()["SriovGlobalEnable"] == "Disabled"
+    bmc.power_cycle()
+    assert lab_bmc.power.calls == [("cycle", NODE, "disk", False)]
+    reboot_node(lab_bmc.lab)  # the node boots (the lab's boot hook)
+    assert bmc.bios_attributes() == {**BIOS_ATTRIBUTES, "SriovGlobalEnable": "Enabled"}
+
+
+def test_bios_attributes_with_a_wrong_password_is_one_attempt_and_an_auth_error(lab_bmc):
+    sleeps: list[float] = []
+    bmc = RedfishBMC(lab_bmc.url, username=USER, password="wrong-Pa55", retry=fast(sleeps),
+                     verify=lab_bmc.ca, label="BMC 127.0.0.1 (redfish, node gpu-017)")
+    with pytest.raises(BMCAuthError) as failure:
+        bmc.bios_attributes()
+    message = str(failure.value)
+    assert message.startswith("BMC 127.0.0.1 (redfish, node gpu-017): the BMC rejected the "
+                              "credentials")
+    assert "HTTP 401 on read the BIOS attributes" in message and "wrong-Pa55" not in message
+    assert lab_bmc.requests.statuses("GET", "/redfish/v1/Systems") == [401] and sleeps == []
+
+
+def test_bios_attributes_from_a_bmc_that_does_not_answer_is_unavailable():
+    sleeps: list[float] = []
+    with pytest.raises(BMCUnavailable, match="node gpu-017.*read the BIOS attributes"):
+        redfish(f"http://127.0.0.1:{free_port()}", sleeps).bios_attributes()
+    assert sleeps == [0.25, 0.5]
