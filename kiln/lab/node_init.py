@@ -60,6 +60,16 @@ def bind_kernel_log() -> None:
         log(f"kernel log bound (exit {result.returncode})")
 
 
+def bind_kernel_release() -> None:
+    """/proc/sys/kernel/osrelease names the kernel the simulated machine booted (the lab
+    chose it at this boot: hw/<node>/kernel/osrelease), not the host's kernel, which every
+    lab node shares. uname(2) still says the host's: the lab cannot change that."""
+    release = "/run/kiln-hw/kernel/osrelease"
+    if os.path.exists(release):
+        result = subprocess.run(["mount", "--bind", release, "/proc/sys/kernel/osrelease"])
+        log(f"kernel release bound (exit {result.returncode})")
+
+
 def load_modules() -> None:
     """What systemd-modules-load does at boot: `modprobe` each module named in
     /etc/modules-load.d/*.conf (the lab's modules are simulated: hwsim kmod_install)."""
@@ -83,6 +93,7 @@ def main() -> None:
     os.makedirs("/run/lock", exist_ok=True)
     log(f"booting {os.uname().nodename}")
     bind_kernel_log()
+    bind_kernel_release()
     load_modules()
     try:
         start_sshd()

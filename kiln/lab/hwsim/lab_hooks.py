@@ -28,6 +28,7 @@ from .profile import (
     BIOS_ATTRIBUTES,
     BIOS_PENDING,
     DEFAULT_SEED,
+    IMAGE_KERNEL,
     KNOWN_FIRMWARE,
     generate_profile,
     read_json,
@@ -44,6 +45,21 @@ DEFAULT_LAB_DIR = "/var/lib/kiln-lab"
 # which is how a boot tells "first boot of a new image" from a reboot.
 IMAGE_MARKER = "var/lib/kiln-hwsim/booted"
 DRIVER_VERSION_PATH = "usr/share/kiln-hwsim/driver-version"
+# Beside the kernel log under hw/<node>/kernel, read-only in the node at /run/kiln-hw/kernel;
+# its init binds it over /proc/sys/kernel/osrelease (lab/node_init.py).
+KERNEL_RELEASE_PATH = "kernel/osrelease"
+
+
+def _release_key(release: str) -> tuple[Any, ...]:
+    return (*(int(n) for n in re.findall(r"\d+", release)), release)
+
+
+def booted_kernel(rootfs: Path) -> str:
+    """The kernel this boot runs: the newest /boot/vmlinuz-* of the root filesystem (GRUB's
+    default entry), or the image's own kernel while no other is installed."""
+    releases = [path.name[len("vmlinuz-"):] for path in (Path(rootfs) / "boot").glob(
+        "vmlinuz-*")]
+    return max(releases, key=_release_key) if releases else IMAGE_KERNEL
 MLXCONFIG_PENDING = "mlxconfig-pending.json"
 
 
@@ -215,8 +231,13 @@ def on_node_boot(lab_dir: Path, node_name: str, rootfs: Path) -> None:
     version_file = rootfs / DRIVER_VERSION_PATH
     if version_file.exists() and profile["gpus"]:
         driver = version_file.read_text(encoding="utf-8").strip() or None
+    kernel = booted_kernel(rootfs)
+    release = directory / KERNEL_RELEASE_PATH
+    release.parent.mkdir(parents=True, exist_ok=True)
+    release.write_text(kernel + "\n", encoding="utf-8")
     boot = {
         "boot": previous.get("boot", 0) + 1,
+        "kernel": kernel,
         "image_boots": image_boots,
         "driver": driver,
         "boot_log": _driver_log(driver, profile) if driver else [],

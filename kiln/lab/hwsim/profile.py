@@ -58,6 +58,9 @@ from typing import Any
 
 SCHEMA = 1
 DEFAULT_SEED = "kiln-lab"
+# The kernel of the lab's image, as MAAS deploys a SKU's pinned kernel with its image: what a
+# node boots while no other kernel is installed (the newest of lab/vendor's KERNEL_RELEASES).
+IMAGE_KERNEL = "6.1.0-28-kilnlab"
 
 # Versions the lab's hardware and firmware blobs know; firmware/lab.yaml pins the first set.
 FIRMWARE = {

@@ -53,3 +53,24 @@ def test_golden_firmware_is_what_the_lab_manifest_pins():
     old = generate_profile("gpu-001", 1, firmware="old")
     assert {h["fw_version"] for h in old["hcas"]} == {OLD_FIRMWARE["connectx7"]}
     assert {g["vbios_version"] for g in old["gpus"]} == {OLD_FIRMWARE["gpu-vbios"]}
+
+
+def test_a_node_boots_the_newest_installed_kernel_or_the_image_s_own(tmp_path):
+    from kiln.core.manifest import load_manifest
+    from kiln.core.paths import FIRMWARE_DIR
+    from kiln.lab.hwsim.lab_hooks import booted_kernel
+    from kiln.lab.hwsim.profile import IMAGE_KERNEL
+    from kiln.lab.vendor.catalogue import KERNEL_FLAVOUR, KERNEL_RELEASES
+
+    # The image's kernel is the newest the vendor repository ships, and the one the lab
+    # manifest pins: a node MAAS deployed runs the pinned kernel.
+    assert IMAGE_KERNEL == f"{KERNEL_RELEASES[-1][0]}-{KERNEL_FLAVOUR}"
+    kernel = load_manifest(FIRMWARE_DIR / "lab.yaml").os.kernel
+    assert IMAGE_KERNEL == f"{kernel.abi}-{kernel.flavour}"
+    assert booted_kernel(tmp_path) == IMAGE_KERNEL
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for release in ("6.1.0-9-kilnlab", "6.1.0-27-kilnlab", "6.1.0-10-kilnlab"):
+        (boot / f"vmlinuz-{release}").write_text("")
+    (boot / "config-6.1.0-99-kilnlab").write_text("")  # not a kernel image
+    assert booted_kernel(tmp_path) == "6.1.0-27-kilnlab"
