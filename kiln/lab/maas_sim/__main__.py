@@ -38,6 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--release-timeout", type=float, default=defaults.release_timeout)
     parser.add_argument("--power-waits", type=_seconds_list, default=defaults.power_waits,
                         help="pauses between tries of a power change, e.g. 1,2,2,4")
+    parser.add_argument("--ipmi-retries", type=int, choices=range(1, 11), metavar="1-10",
+                        default=defaults.ipmi_retries,
+                        help=f"ipmitool -R for each IPMI command (default "
+                             f"{defaults.ipmi_retries})")
     return parser.parse_args(argv)
 
 
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing(step=args.step, poll=args.poll,
                     commission_timeout=args.commission_timeout,
                     deploy_timeout=args.deploy_timeout,
-                    release_timeout=args.release_timeout, power_waits=args.power_waits)
+                    release_timeout=args.release_timeout, power_waits=args.power_waits,
+                    ipmi_retries=args.ipmi_retries)
 
     def log(line: str) -> None:
         print(f"maas-sim: {line}", file=sys.stderr, flush=True)

@@ -98,6 +98,9 @@ class Timing:
     # MAAS's power driver retries a power change with these pauses, checking the power
     # state after each (provisioningserver DEFAULT_WAITING_POLICY).
     power_waits: tuple[float, ...] = (1, 2, 2, 4, 6, 8, 12)
+    # ipmitool's -R for each IPMI command (with -N 1: a 1 s answer timeout). Against a BMC
+    # that does not answer, one command takes about 12 s at 3 retries, about 2 s at 1.
+    ipmi_retries: int = 3
 
 
 @dataclass(frozen=True)

@@ -126,20 +126,23 @@ class RedfishPower:
 
 
 class IpmiPower:
-    def __init__(self, address: str, port: int, credentials: BmcCredentials) -> None:
+    def __init__(self, address: str, port: int, credentials: BmcCredentials,
+                 retries: int = 3) -> None:
         self.where = f"IPMI BMC {address}:{port}"
         self._address = address
         self._port = port
         self._credentials = credentials
+        self._retries = retries
 
     def _ipmitool(self, *command: str) -> str:
         # -C 3: MAAS's IPMI driver's default cipher suite (power_parameters cipher_suite_id).
-        # -N/-R: a 1 s answer timeout, 3 retries: a BMC that does not answer is reported in
-        # seconds (ipmitool's defaults take 20 s), one on a busy network still gets through.
+        # -N/-R: a 1 s answer timeout, 3 retries (by default: Timing.ipmi_retries): a BMC
+        # that does not answer is reported in seconds (ipmitool's defaults take 20 s), one on
+        # a busy network still gets through.
         # -L OPERATOR: the privilege MAAS's IPMI driver asks for by default.
         argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-L", "OPERATOR", "-H", self._address,
                 "-p", str(self._port), "-U", self._credentials.username, "-E",
-                "-N", "1", "-R", "3", *command]
+                "-N", "1", "-R", str(self._retries), *command]
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
@@ -190,10 +193,10 @@ def bmc_credentials(secrets: dict[str, dict[str, str]], source: str) -> BmcCrede
 
 
 def driver_for(power_type: str, address: str, port: int, credentials: BmcCredentials,
-               ca_bundle: Path | str | None) -> PowerDriver:
+               ca_bundle: Path | str | None, ipmi_retries: int = 3) -> PowerDriver:
     if power_type == "redfish":
         return RedfishPower(address, port, credentials, str(ca_bundle) if ca_bundle else None)
     if power_type == "ipmi":
-        return IpmiPower(address, port, credentials)
+        return IpmiPower(address, port, credentials, retries=ipmi_retries)
     raise PowerFatalError(f"power type {power_type!r} is not one the MAAS simulator drives "
                      "(redfish, ipmi)")

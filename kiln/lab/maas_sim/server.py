@@ -21,9 +21,9 @@ from kiln.lab.state import StateError, load_state
 Log = Callable[[str], None]
 
 
-def lab_power(lab: Path) -> Callable[[Machine], PowerDriver]:
+def lab_power(lab: Path, ipmi_retries: int = 3) -> Callable[[Machine], PowerDriver]:
     """Drivers for the lab's BMCs: credentials and CA read at each action, as `lab up`
-    renews them."""
+    renews them; `ipmi_retries` is ipmitool's -R (Timing.ipmi_retries)."""
 
     def make(machine: Machine) -> PowerDriver:
         try:
@@ -32,7 +32,7 @@ def lab_power(lab: Path) -> Callable[[Machine], PowerDriver]:
         except (OSError, ValueError, StateError) as exc:
             raise PowerFatalError(f"{machine.hostname}: no power credentials: {exc}") from None
         return driver_for(machine.power_type, machine.power_address, machine.power_port,
-                          credentials, ca_bundle)
+                          credentials, ca_bundle, ipmi_retries=ipmi_retries)
 
     return make
 
@@ -56,7 +56,8 @@ def build_simulator(
 ) -> Simulator:
     lab = Path(lab)
     store = Store.load(store_path(lab))
-    lifecycle = Lifecycle(lab, store, netboot, power or lab_power(lab), image, timing, log)
+    power = power or lab_power(lab, timing.ipmi_retries)
+    lifecycle = Lifecycle(lab, store, netboot, power, image, timing, log)
     requests_log = maas_dir(lab) / "requests.jsonl" if record else None
     return Simulator(lifecycle, OAuthChecker(api_key(lab)), requests_log)
 
