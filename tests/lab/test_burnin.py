@@ -12,6 +12,9 @@ eight (deploy/burnin.py, kiln_burnin_pairwise_only) must single out exactly the 
 their class and never a healthy partner (here for one seeded pairing, within the suite's
 time budget; bench/burnin_soak.py repeats it for twenty). A preview writes
 nothing.
+
+The stages run once for this module and tests/lab/test_health.py (tests/lab/conftest.py,
+`gpu_stages`); this module clears its faults when it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -30,7 +34,6 @@ from kiln.lab.credentials import read_lab_secrets
 
 pytestmark = pytest.mark.lab
 
-STAGES = "tests/lab/burnin_deploy.py"
 BURNIN = "deploy/burnin.py"
 GPU_NODES = [f"gpu-00{i}" for i in range(1, 9)]
 FAULTS = {
@@ -67,7 +70,10 @@ class Burnin:
         return latest_results(self.ledger, node, (check,))
 
     def rows(self) -> int:
-        with sqlite3.connect(self.ledger) as db:
+        # Closed here, not left to the garbage collector: an open connection in this process
+        # loses its locks when the credential scan closes the files it read (POSIX locks are
+        # per process), and then a read after the next run finds the ledger "malformed".
+        with closing(sqlite3.connect(self.ledger)) as db:
             return db.execute("SELECT COUNT(*) FROM checks").fetchone()[0]
 
 
@@ -76,19 +82,26 @@ def evidence(row) -> dict:
 
 
 @pytest.fixture(scope="module")
-def burn(lab_shapes, labtools):
+def burn(lab_shapes, labtools, request):
     state = lab_shapes.deployed()
-    yield Burnin(state, labtools)
-    lab_shapes.forget()  # faults stay behind: the next module starts afresh
+    burn = Burnin(state, labtools)
+    yield burn
+    # The faults are cleared: the lab goes on to test_health as the stages left it, or is
+    # forgotten (by hand_on_gpu_stages, or here when a fault would not clear).
+    cleared = [burn.kiln("lab", "fault", node, "--clear") for node in FAULTS]
+    if any(out.returncode != 0 for out in cleared):
+        lab_shapes.forget()
+    else:
+        lab_shapes.hand_on_gpu_stages(request)
 
 
 @pytest.fixture(scope="module")
-def stages(burn):
-    """Bring-up's stages up to burn-in on every GPU node: all healthy."""
-    started = time.monotonic()
-    result = burn.pyinfra(STAGES, "--data", "kiln_burnin_seed=1")
-    burn.seconds = time.monotonic() - started
-    return result
+def stages(burn, gpu_stages):
+    """Bring-up's stages up to burn-in on every GPU node (shared with test_health): all
+    healthy."""
+    burn.seconds = gpu_stages.seconds
+    burn.outputs.append(gpu_stages.result.stdout)
+    return gpu_stages.result
 
 
 @pytest.fixture(scope="module")

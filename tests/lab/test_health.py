@@ -15,6 +15,10 @@ Each is found by the right check and named by its GPU, HCA, Xid, line or DIMM; a
 node is all OK; a hanging dcgmi is UNKNOWN within its timeout while the node's other checks
 still report; an Xid already judged is not reported again, nor after the kernel log wraps;
 a preview writes nothing; `kiln dmesg learn` turns the unknown line into a known one.
+
+The stages (with burn-in, bring-up's next stage) run once for tests/lab/test_burnin.py and
+this module (tests/lab/conftest.py, `gpu_stages`), this module right after that one, which
+clears its faults when it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -31,7 +36,6 @@ from lab_data import lab_apt_data
 
 pytestmark = pytest.mark.lab
 
-STAGES = "tests/lab/health_deploy.py"
 FLEET = "deploy/health.py"
 GPU_NODES = [f"gpu-00{i}" for i in range(1, 9)]
 FAULTS = [
@@ -56,11 +60,11 @@ FAULTS = [
 
 
 class Health:
-    def __init__(self, state, labtools, tmp: Path):
-        self.state, self.labtools, self.tmp = state, labtools, tmp
+    def __init__(self, state, labtools, allowlist: Path):
+        self.state, self.labtools = state, labtools
         self.ledger = Path(state.lab_dir) / "kiln.db"
         self.pool = Path(state.lab_dir) / "pool.yaml"
-        self.allowlist = tmp / "bootlog-allowlist.txt"
+        self.allowlist = allowlist  # the one the stages' health stage was given
 
     def pyinfra(self, deploy: str, *args: str, apply: bool = True
                 ) -> subprocess.CompletedProcess[str]:
@@ -88,7 +92,10 @@ class Health:
         return found
 
     def rows(self) -> int:
-        with sqlite3.connect(self.ledger) as db:
+        # Closed here, not left to the garbage collector: an open connection in this process
+        # loses its locks when the credential scan closes the files it read (POSIX locks are
+        # per process), and then a read after the next run finds the ledger "malformed".
+        with closing(sqlite3.connect(self.ledger)) as db:
             return db.execute("SELECT COUNT(*) FROM checks").fetchone()[0]
 
 
@@ -103,20 +110,19 @@ def wait_for_time_sync(health: Health) -> None:
 
 
 @pytest.fixture(scope="module")
-def health(lab_shapes, labtools, tmp_path_factory):
+def health(lab_shapes, labtools, gpu_stages):
     state = lab_shapes.deployed()
-    yield Health(state, labtools, tmp_path_factory.mktemp("health"))
+    yield Health(state, labtools, gpu_stages.allowlist)
     # Faults, a learnt allowlist and a drained pool stay behind: the next module starts afresh.
     lab_shapes.forget()
 
 
 @pytest.fixture(scope="module")
-def stages(health):
-    """Bring-up's stages up to health on every GPU node: all healthy."""
-    started = time.monotonic()
-    result = health.pyinfra(STAGES)
-    health.seconds = time.monotonic() - started
-    return result
+def stages(health, gpu_stages):
+    """Bring-up's stages up to health (and burn-in) on every GPU node, shared with
+    test_burnin: all healthy."""
+    health.seconds = gpu_stages.seconds
+    return gpu_stages.result
 
 
 @pytest.fixture(scope="module")
