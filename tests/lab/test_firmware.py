@@ -31,6 +31,10 @@ from kiln.roles.pool import FilePool
 pytestmark = pytest.mark.lab
 
 REDFISH_NODE, NIC_NODE = NODES = ("gpu-004", "gpu-005")
+HOLD_NODE = "gpu-006"  # the audit's third node: a held package released by hand
+BIOS_SETTING = ("SriovGlobalEnable", "Enabled", "Disabled")  # on NIC_NODE: changed, pinned
+AUDITED = (*NODES, HOLD_NODE)
+RELEASED = "libnccl2"
 SERVICE = "svc-001"
 MANIFEST = "kiln/firmware/lab.yaml"
 SUITE = "tests/lab/testinfra/test_firmware_versions.py"
@@ -78,6 +82,25 @@ class Firmware:
         data = {"kiln_firmware_dir": str(firmware_dir)} if firmware_dir else None
         return self.pyinfra("deploy/firmware.py", *NODES, data=data, mode=mode)
 
+    def audit(self, mode: str = "-y") -> subprocess.CompletedProcess:
+        return self.pyinfra("deploy/audit.py", *AUDITED, mode=mode)
+
+    def written_since(self, node: str, marker: str) -> list[str]:
+        """Files on the node modified since `marker` was touched (logs and scratch aside)."""
+        out = self.ssh(node, f"find / -xdev -newer {marker} -type f -not -path '/proc/*' "
+                             "-not -path '/var/log/*' -not -path '/tmp/*' -not -path "
+                             "'/run/*' -not -path '/var/tmp/*' 2>/dev/null; true")
+        return sorted(line for line in out.splitlines() if line.strip())
+
+    def node_record(self, node: str) -> str:
+        """What the audit reads and must leave as it was: packages and holds, firmware,
+        the cards' settings, and how often the node booted."""
+        return "\n".join([
+            self.ssh(node, "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'; "
+                           "apt-mark showhold; mlxfwmanager --query; "
+                           "mlxconfig -d mlx5_0 -e q"),
+            json.dumps(self.redfish(node)), str(self.boots(node))])
+
     def untouched(self) -> None:
         """Still the old firmware, nothing staged for a reset, still in the pool."""
         assert self.redfish(REDFISH_NODE) == {"BIOS": OLD["bios"], "BMC": OLD["bmc"]}
@@ -110,6 +133,21 @@ class Firmware:
             versions[item] = json.loads(out)["Version"]
         return versions
 
+    def set_bios(self, node: str, name: str, value: str) -> None:
+        """A BIOS attribute changed through the node's BMC (Redfish BIOS/Settings, as an
+        operator's tool does); it takes effect at the node's next reset."""
+        import requests
+
+        from kiln.core.secrets import lookup
+
+        secret = lookup("bmc", ("username", "password"), secrets_file=self.lab.secrets_file)
+        address = self.lab.node(node).bmc["address"]
+        answer = requests.patch(
+            f"https://{address}/redfish/v1/Systems/{node}/BIOS/Settings",
+            json={"Attributes": {name: value}}, verify=self.lab.tls_ca, timeout=30,
+            auth=(secret["username"].reveal(), secret["password"].reveal()))
+        assert answer.status_code in (200, 202, 204), answer.text
+
     def nic_versions(self, node: str) -> set[str]:
         out = self.ssh(node, "mlxfwmanager --query")
         return set(re.findall(r"^\s+FW\s+(\S+)", out, re.MULTILINE))
@@ -138,12 +176,19 @@ def fw(lab, labtools, tmp_path_factory):
     labtools.kiln("fault", NIC_NODE, "firmware-version", "component=connectx7", "version=old")
     firmware.pool.add(REDFISH_NODE)
     # The mirror (and the nodes' apt pointed at it), then the pinned stack, as bring-up does.
-    mirror = firmware.pyinfra("deploy/mirror.py", SERVICE, *NODES)
+    mirror = firmware.pyinfra("deploy/mirror.py", SERVICE, *AUDITED)
     assert mirror.returncode == 0, mirror.stdout
-    stack = firmware.pyinfra("tests/lab/pin_stack_deploy.py", *NODES)
+    stack = firmware.pyinfra("tests/lab/pin_stack_deploy.py", *AUDITED)
     assert stack.returncode == 0, stack.stdout
+    # The cards' settings as bring-up's fabric stage leaves them (set, then a power cycle),
+    # so the audit finds only the faults above and below; and one BIOS attribute changed.
+    firmware.set_bios(NIC_NODE, BIOS_SETTING[0], BIOS_SETTING[1])
+    for node in AUDITED:
+        firmware.ssh(node, "for d in $(ibstat -l); do mlxconfig -y -d $d set "
+                           "ADVANCED_PCI_SETTINGS=True >/dev/null; done")
+        cluster.power_cycle(node, wait=True)
     yield firmware
-    for node in NODES:
+    for node in AUDITED:
         labtools.kiln("fault", node, "--clear")
         cluster.reset_node(node, wait=True)
 
@@ -157,6 +202,57 @@ def test_nodes_start_with_old_firmware(fw):
         r"^FAILED \S+::(\S+)\[(\S+)\]", suite.stdout, re.MULTILINE)}
     assert failed == {("test_redfish_firmware_inventory_runs_the_pinned_versions", REDFISH_NODE),
                       ("test_connectx_firmware_is_the_pinned_version", NIC_NODE)}, suite.stdout
+
+
+def test_the_audit_names_exactly_the_drifted_items_on_their_nodes_and_writes_nothing(fw):
+    fw.ssh(HOLD_NODE, f"apt-mark unhold {RELEASED}")
+    before = {node: fw.node_record(node) for node in AUDITED}
+    for node in AUDITED:
+        fw.ssh(node, "touch /run/kiln-audit-marker; sleep 1")
+    result = fw.audit()
+    assert result.returncode != 0, result.stdout
+    lines = [line.split("] ", 1)[-1].strip() for line in result.stdout.splitlines()]
+    groups = [line for line in lines if line.startswith(("DRIFT ", "INCONSISTENT ", "UNREAD ",
+                                                         "NOT READ "))]
+    nic = re.escape(OLD["connectx7"])
+    # One line per group, in item order.
+    expected = [
+        rf"DRIFT bios {BIOS_SETTING[0]}: pinned {BIOS_SETTING[2]}, found {BIOS_SETTING[1]} on "
+        r"gpu-005, first seen now",
+        r"DRIFT firmware bios: pinned 1\.6\.2, found 1\.5\.0 on gpu-004 "
+        r"\(FirmwareInventory/BIOS\), first seen now",
+        r"DRIFT firmware bmc: pinned 1\.08\.00, found 1\.06\.00 on gpu-004 "
+        r"\(FirmwareInventory/BMC\), first seen now",
+        rf"DRIFT firmware connectx7: pinned 28\.43\.1014, found {nic} on gpu-005 "
+        r"\(/dev/mst/\S+, .* and 4 more\), first seen now",
+        rf"DRIFT hold {RELEASED}: pinned held, found not held on gpu-006, first seen now",
+    ]
+    assert len(groups) == len(expected), result.stdout[-8000:]
+    for pattern, line in zip(expected, groups, strict=True):
+        assert re.fullmatch(pattern, line), (pattern, line)
+    fixes = [line for line in lines if line.startswith("fix: ")]
+    assert fixes == [
+        "fix: set the attribute through the node's BMC (no kiln stage sets BIOS attributes)",
+        *["fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-004"] * 2,
+        "fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-005",
+        "fix: pyinfra -y inventory/lab.py deploy/bringup.py --limit gpu-006"], fixes
+    # Each node that differs fails, naming what: the exit code says the fleet drifted.
+    assert "audit: gpu-004 differs: firmware bios, firmware bmc" in result.stdout
+    # Read-only: the nodes hold what they held, and no file on them was written.
+    assert {node: fw.node_record(node) for node in AUDITED} == before
+    for node in AUDITED:
+        assert fw.written_since(node, "/run/kiln-audit-marker") == [], node
+    # Recorded: the ledger's audit and drifts, and the JSON report.
+    report = re.search(r"report: (\S+/reports/audit-\d+\.json)", result.stdout)
+    assert report, result.stdout
+    data = json.loads(Path(report.group(1)).read_text())
+    assert data["clean"] is False
+    assert sorted(data["at_fault"]) == list(AUDITED)
+    assert {d["item"] for d in data["drifts"]} == {"firmware bios", "firmware bmc",
+                                                   "firmware connectx7", f"hold {RELEASED}",
+                                                   f"bios {BIOS_SETTING[0]}"}
+    # Put back through the BMC: in effect at gpu-005's next reset (the firmware update's).
+    fw.set_bios(NIC_NODE, BIOS_SETTING[0], BIOS_SETTING[2])
 
 
 def test_a_blob_with_a_wrong_sha256_is_refused_and_nothing_is_flashed(fw):
@@ -233,6 +329,29 @@ def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):
     suite = fw.suite()
     assert suite.returncode == 0, suite.stdout + suite.stderr
     assert re.search(r"\b6 passed\b", suite.stdout), suite.stdout
+
+
+def test_after_the_firmware_deploy_the_audit_finds_only_the_hold_then_nothing(fw):
+    result = fw.audit()
+    assert result.returncode != 0, result.stdout
+    lines = [line.split("] ", 1)[-1].strip() for line in result.stdout.splitlines()]
+    groups = [line for line in lines if line.startswith(("DRIFT ", "INCONSISTENT ", "UNREAD ",
+                                                         "NOT READ "))]
+    # The hold has been released since the first audit, and the ledger says so.
+    assert len(groups) == 1 and re.fullmatch(
+        rf"DRIFT hold {RELEASED}: pinned held, found not held on gpu-006, since "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", groups[0]), groups
+    fw.ssh(HOLD_NODE, f"apt-mark hold {RELEASED}")
+    clean = fw.audit()
+    assert clean.returncode == 0, clean.stdout
+    assert re.search(r"audit: clean: 3 nodes, \d+ values read, nothing drifts", clean.stdout)
+    # A preview prints the same and records nothing.
+    reports = sorted((fw.lab_dir / "reports").glob("audit-*.json"))
+    preview = fw.audit(mode="--dry")
+    assert preview.returncode == 0, preview.stdout
+    assert "audit: clean: 3 nodes" in preview.stdout and "a preview; recorded nowhere" in \
+        preview.stdout
+    assert sorted((fw.lab_dir / "reports").glob("audit-*.json")) == reports
 
 
 def test_a_second_run_changes_nothing(fw):

@@ -33,7 +33,7 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
-from pyinfra.context import state as current_state
+from pyinfra.context import ctx_state
 
 from kiln.core.context import node_context
 from kiln.core.ledger import Ledger, drift_since
@@ -148,7 +148,7 @@ def _say(lines: list[str], clean: bool) -> None:
 @operation()
 def node_read():  # noqa: ANN201 - pyinfra operation generator
     """Read this node once (one SSH command, its BMC beside it) and compare with the manifest."""
-    state = current_state.get()
+    state = ctx_state.get()
     run = _run_of(state)
     executing = state.is_executing
     target = host._get_module()  # the Host itself: the context proxy is empty elsewhere
@@ -175,8 +175,8 @@ def node_read():  # noqa: ANN201 - pyinfra operation generator
     yield from ()
 
 
-def _record(state: State, host_: Host, fleet: FleetAudit, ledgers: dict[str, list[str]],
-            inventory: str) -> bool:
+def _record(state: State, host: Host, fleet: FleetAudit,  # noqa: ARG001 - pyinfra passes
+            ledgers: dict[str, list[str]], inventory: str) -> bool:  # them by these names
     """Print the fleet's audit, record it in each ledger its nodes use, write its report."""
     at = time.time()
     since: dict[Any, float] = {}
@@ -209,7 +209,7 @@ def _record(state: State, host_: Host, fleet: FleetAudit, ledgers: dict[str, lis
 def node_judged():  # noqa: ANN201 - pyinfra operation generator
     """Once every node is read: the fleet's audit (printed and recorded once per run), and
     this node fails when it differs."""
-    state = current_state.get()
+    state = ctx_state.get()
     if not state.is_executing:
         host.noop("audit: judged with the whole fleet once every node is read")
         return
