@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -45,8 +46,11 @@ from kiln.roles.mirror.signing import init_key
 UP_TOOLS = ["ip", "unshare", "mount", "umount", "pivot_root", "ssh-keygen", "openssl", "chronyd"]
 LAB_MANIFEST = FIRMWARE_DIR / "lab.yaml"
 # kiln's own records about this lab's nodes (the lab inventory points the ledger and the
-# file pool here).
-LAB_RECORDS = ("kiln.db", "pool.yaml")
+# file pool here; the ledger's write-ahead log and index beside it, the run and audit
+# reports under reports/): a write-ahead log left from the last lab would be replayed into
+# the new ledger.
+LAB_RECORDS = ("kiln.db", "kiln.db-wal", "kiln.db-shm", "pool.yaml")
+LAB_REPORTS = "reports"
 SSH_TIMEOUT = 60.0
 
 Log = Callable[[str], None]
@@ -107,6 +111,7 @@ def up(
         # A new lab is a new rack: kiln's record of the last one's nodes does not apply.
         for record in LAB_RECORDS:
             (lab / record).unlink(missing_ok=True)
+        shutil.rmtree(lab / LAB_REPORTS, ignore_errors=True)
         base = ensure_base(lab, log)
         key = ensure_ssh_key(lab)
         state = LabState(
