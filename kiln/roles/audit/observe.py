@@ -14,7 +14,7 @@ refused) gives no values, only a line in `unread`: the audit never calls unread 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -53,9 +53,6 @@ class Value:
     expected: str | None  # None: pinned nowhere
     fix: Fix
     ok: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
