@@ -33,6 +33,7 @@ pytestmark = pytest.mark.lab
 REDFISH_NODE, NIC_NODE = NODES = ("gpu-004", "gpu-005")
 HOLD_NODE = "gpu-006"  # the audit's third node: a held package released by hand
 BIOS_SETTING = ("SriovGlobalEnable", "Enabled", "Disabled")  # on NIC_NODE: changed, pinned
+UNPINNED = ("ProcTurboMode", "Disabled", "Enabled")  # on HOLD_NODE: pinned nowhere
 AUDITED = (*NODES, HOLD_NODE)
 RELEASED = "libnccl2"
 SERVICE = "svc-001"
@@ -148,6 +149,22 @@ class Firmware:
             auth=(secret["username"].reveal(), secret["password"].reveal()))
         assert answer.status_code in (200, 202, 204), answer.text
 
+    def flash_bios_through_redfish(self, node: str, version: str) -> None:
+        """A BIOS image flashed through the node's BMC (Redfish SimpleUpdate from the lab's
+        vendor site, as a technician's tool does); it runs after the node's next reset."""
+        from contextlib import closing
+
+        from kiln.lab.firmware_blobs import blob_file_name
+        from kiln.lab.inventory import lab_host_data
+        from kiln.lab.state import VENDOR_REPO_URL
+        from kiln.roles.bmc.client import connect
+
+        bmc = lab_host_data(self.lab, self.lab.node(node))["kiln_bmc"]
+        image = f"{VENDOR_REPO_URL}firmware/{blob_file_name('bios', version)}"
+        with closing(connect(bmc, node=node, secrets_file=self.lab.secrets_file)) as client:
+            result = client.update_firmware("BIOS", image)
+        assert result.state == "Completed", result
+
     def nic_versions(self, node: str) -> set[str]:
         out = self.ssh(node, "mlxfwmanager --query")
         return set(re.findall(r"^\s+FW\s+(\S+)", out, re.MULTILINE))
@@ -183,6 +200,8 @@ def fw(lab, labtools, tmp_path_factory):
     # The cards' settings as bring-up's fabric stage leaves them (set, then a power cycle),
     # so the audit finds only the faults above and below; and one BIOS attribute changed.
     firmware.set_bios(NIC_NODE, BIOS_SETTING[0], BIOS_SETTING[1])
+    firmware.set_bios(HOLD_NODE, UNPINNED[0], UNPINNED[1])
+    firmware.flash_bios_through_redfish(HOLD_NODE, OLD["bios"])
     for node in AUDITED:
         firmware.ssh(node, "for d in $(ibstat -l); do mlxconfig -y -d $d set "
                            "ADVANCED_PCI_SETTINGS=True >/dev/null; done")
@@ -219,13 +238,18 @@ def test_the_audit_names_exactly_the_drifted_items_on_their_nodes_and_writes_not
     expected = [
         rf"DRIFT bios {BIOS_SETTING[0]}: pinned {BIOS_SETTING[2]}, found {BIOS_SETTING[1]} on "
         r"gpu-005, first seen now",
-        r"DRIFT firmware bios: pinned 1\.6\.2, found 1\.5\.0 on gpu-004 "
+        # The BIOS a fault made old on gpu-004 and the one flashed through Redfish on
+        # gpu-006: one group.
+        r"DRIFT firmware bios: pinned 1\.6\.2, found 1\.5\.0 on 2 nodes: gpu-004, gpu-006 "
         r"\(FirmwareInventory/BIOS\), first seen now",
         r"DRIFT firmware bmc: pinned 1\.08\.00, found 1\.06\.00 on gpu-004 "
         r"\(FirmwareInventory/BMC\), first seen now",
         rf"DRIFT firmware connectx7: pinned 28\.43\.1014, found {nic} on gpu-005 "
         r"\(/dev/mst/\S+, .* and 4 more\), first seen now",
         rf"DRIFT hold {RELEASED}: pinned held, found not held on gpu-006, first seen now",
+        # A value pinned nowhere that one node of the SKU does not share.
+        rf"INCONSISTENT bios {UNPINNED[0]} \(sku lab, pinned nowhere\): 2 nodes have "
+        rf"{UNPINNED[2]}, 1 node has {UNPINNED[1]} \(gpu-006\), first seen now",
     ]
     assert len(groups) == len(expected), result.stdout[-8000:]
     for pattern, line in zip(expected, groups, strict=True):
@@ -233,9 +257,12 @@ def test_the_audit_names_exactly_the_drifted_items_on_their_nodes_and_writes_not
     fixes = [line for line in lines if line.startswith("fix: ")]
     assert fixes == [
         "fix: set the attribute through the node's BMC (no kiln stage sets BIOS attributes)",
-        *["fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-004"] * 2,
+        "fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-004 --limit gpu-006",
+        "fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-004",
         "fix: pyinfra -y inventory/lab.py deploy/firmware.py --limit gpu-005",
-        "fix: pyinfra -y inventory/lab.py deploy/bringup.py --limit gpu-006"], fixes
+        "fix: pyinfra -y inventory/lab.py deploy/bringup.py --limit gpu-006",
+        "fix: pin the value in firmware/lab.yaml, or bring the odd nodes in line with the "
+        "rest"], fixes
     # Each node that differs fails, naming what: the exit code says the fleet drifted.
     assert "audit: gpu-004 differs: firmware bios, firmware bmc" in result.stdout
     # Read-only: the nodes hold what they held, and no file on them was written.
@@ -251,8 +278,11 @@ def test_the_audit_names_exactly_the_drifted_items_on_their_nodes_and_writes_not
     assert {d["item"] for d in data["drifts"]} == {"firmware bios", "firmware bmc",
                                                    "firmware connectx7", f"hold {RELEASED}",
                                                    f"bios {BIOS_SETTING[0]}"}
-    # Put back through the BMC: in effect at gpu-005's next reset (the firmware update's).
+    assert [odd["item"] for odd in data["inconsistent"]] == [f"bios {UNPINNED[0]}"]
+    # Put back through the BMC: in effect at each node's next reset (gpu-005's is the
+    # firmware update's).
     fw.set_bios(NIC_NODE, BIOS_SETTING[0], BIOS_SETTING[2])
+    fw.set_bios(HOLD_NODE, UNPINNED[0], UNPINNED[2])
 
 
 def test_a_blob_with_a_wrong_sha256_is_refused_and_nothing_is_flashed(fw):
@@ -332,6 +362,10 @@ def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):
 
 
 def test_after_the_firmware_deploy_the_audit_finds_only_the_hold_then_nothing(fw):
+    # The firmware deploy the audit named for gpu-006 (gpu-004's and gpu-005's ran above);
+    # its reset also brings the BIOS setting put back into effect.
+    update = fw.pyinfra("deploy/firmware.py", HOLD_NODE)
+    assert update.returncode == 0, update.stdout
     result = fw.audit()
     assert result.returncode != 0, result.stdout
     lines = [line.split("] ", 1)[-1].strip() for line in result.stdout.splitlines()]
