@@ -482,10 +482,15 @@ def test_update_of_an_unknown_component_lists_the_inventory(lab_bmc):
     assert lab_bmc.requests.bodies("POST", SIMPLE_UPDATE) == []
 
 
+def wrong_password(lab_bmc, sleeps: list[float]) -> RedfishBMC:
+    """The lab BMC's client with a password it rejects (retries recorded in `sleeps`)."""
+    return RedfishBMC(lab_bmc.url, username=USER, password="wrong-Pa55", retry=fast(sleeps),
+                      verify=lab_bmc.ca, label="BMC 127.0.0.1 (redfish, node gpu-017)")
+
+
 def test_401_is_one_attempt_and_names_the_bmc_not_the_password(lab_bmc):
     sleeps: list[float] = []
-    bmc = RedfishBMC(lab_bmc.url, username=USER, password="wrong-Pa55", retry=fast(sleeps),
-                     verify=lab_bmc.ca, label="BMC 127.0.0.1 (redfish, node gpu-017)")
+    bmc = wrong_password(lab_bmc, sleeps)
     with pytest.raises(BMCAuthError) as failure:
         bmc.power_state()
     message = str(failure.value)
@@ -927,8 +932,7 @@ def test_a_bios_attribute_patched_over_redfish_is_read_back_after_the_reset(lab_
 
 def test_bios_attributes_with_a_wrong_password_is_one_attempt_and_an_auth_error(lab_bmc):
     sleeps: list[float] = []
-    bmc = RedfishBMC(lab_bmc.url, username=USER, password="wrong-Pa55", retry=fast(sleeps),
-                     verify=lab_bmc.ca, label="BMC 127.0.0.1 (redfish, node gpu-017)")
+    bmc = wrong_password(lab_bmc, sleeps)
     with pytest.raises(BMCAuthError) as failure:
         bmc.bios_attributes()
     message = str(failure.value)
