@@ -656,14 +656,15 @@ class Ledger:
                  for d in seen if d.node in audited])
         return audit_id
 
-    def close_dead_runs(self, controller: str, alive: Callable[[int], bool]) -> list[Run]:
+    def close_dead_runs(self, controller: str, alive: Callable[[Run], bool]) -> list[Run]:
         """Record as interrupted every unfinished run of `controller` whose process is gone
-        (`alive(pid)` is false: killed, or the controller rebooted), and free its nodes.
+        (`alive(run)` is false: killed, or the controller rebooted), and free its nodes.
         A run of another controller is left alone: its process cannot be seen from here."""
         with self._write() as db:
             rows = db.execute(f"SELECT {_RUN_FIELDS} FROM runs WHERE finished_at IS NULL "
                               "AND controller = ?", (controller,)).fetchall()
-            dead = [Run(*row) for row in rows if row[3] is None or not alive(row[3])]
+            runs = [Run(*row) for row in rows]
+            dead = [run for run in runs if run.pid is None or not alive(run)]
             now = time.time()
             for run in dead:
                 db.execute("UPDATE runs SET finished_at = ?, result = 'interrupted' "

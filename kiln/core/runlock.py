@@ -53,6 +53,39 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# /proc/<pid>/stat's start time has clock-tick precision, /proc/stat's boot time whole
+# seconds: a process's start read this way may be up to a second late.
+START_TOLERANCE_S = 1.5
+
+
+def process_started_at(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """When process `pid` started (seconds since the epoch), from Linux's /proc; None when
+    it cannot be told (no such process, no /proc)."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        boot = next(float(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    # Fields after the command name (which may hold spaces and parentheses): the 20th of
+    # them is starttime, in clock ticks since boot (proc(5): field 22).
+    fields = stat[stat.rindex(")") + 2:].split()
+    try:
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (IndexError, ValueError):
+        return None
+
+
+def run_alive(run: Run) -> bool:
+    """Whether the process that started `run` is still running. A pid alone can lie: after
+    the controller rebooted or ran long enough, another process may have its number. A
+    process that started after the run did is not the run's."""
+    if run.pid is None or not process_alive(run.pid):
+        return False
+    started = process_started_at(run.pid)
+    return started is None or started <= run.started_at + START_TOLERANCE_S
+
+
 class NodesHeldForRun(BaseStateCallback):
     """The pyinfra callback handler that records a run and holds its nodes (one per run)."""
 
@@ -80,7 +113,7 @@ class NodesHeldForRun(BaseStateCallback):
         for path, hosts in sorted(by_ledger.items()):
             ledger = Ledger(path)
             try:
-                for run in ledger.close_dead_runs(self.controller, process_alive):
+                for run in ledger.close_dead_runs(self.controller, run_alive):
                     logger.warning(f"kiln: {run.describe()} was interrupted (its process is "
                                    f"gone); recorded as such in {path}, its nodes are free")
                 run_id = ledger.start_run(self.deploy, self.controller, os.getpid())
@@ -153,4 +186,5 @@ def hold_nodes_for_run(deploy: str) -> None:
     callback_once(NodesHeldForRun, lambda: NodesHeldForRun(deploy))
 
 
-__all__ = ["NodesHeldForRun", "Run", "callback_once", "hold_nodes_for_run", "process_alive"]
+__all__ = ["NodesHeldForRun", "Run", "callback_once", "hold_nodes_for_run", "process_alive",
+           "process_started_at", "run_alive"]

@@ -127,7 +127,7 @@ def test_dead_runs_of_this_controller_are_interrupted_and_free_their_nodes(ledge
     ledger.lock_nodes(dead, ["gpu-001"])
     ledger.lock_nodes(alive, ["gpu-002"])
     ledger.lock_nodes(elsewhere, ["gpu-003"])
-    closed = ledger.close_dead_runs("ctl-1", alive=lambda pid: pid == 200)
+    closed = ledger.close_dead_runs("ctl-1", alive=lambda run: run.pid == 200)
     assert [run.id for run in closed] == [dead]
     assert ledger.run(dead).result == "interrupted" and ledger.run(dead).finished_at
     # Another controller's run cannot be seen from here: it keeps its node.
@@ -152,6 +152,6 @@ def test_a_version_2_ledger_gains_the_run_columns_in_place(tmp_path):
         assert (old.deploy, old.controller, old.pid, old.result) == (
             "deploy/bringup.py", "", None, None)
         # An unfinished run of an older kiln has no process to look at: it is over.
-        assert book.close_dead_runs("", alive=lambda pid: True) == [old]
+        assert book.close_dead_runs("", alive=lambda run: True) == [old]
     finally:
         book.close()
