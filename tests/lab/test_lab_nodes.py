@@ -84,6 +84,7 @@ def test_a_node_is_isolated_from_the_host_and_its_neighbours(lab, labtools, ssh,
         "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/shm", "/run", "/tmp", "/run/kiln-hw",
         "/run/kiln-hw-flash", "/usr/bin/dmesg",  # the simulated kernel log, bound by init
         "/proc/sys/kernel/random/boot_id",  # this boot's own (nodes.py LAUNCHER)
+        "/proc/sys/kernel/osrelease",  # the kernel this boot runs, bound by init
     }  # fmt: skip
     # Hardware: read-only for the node; the flash spool is writable and lands on the host.
     probe = ssh(lab, "gpu-002", "touch /run/kiln-hw/x 2>&1; echo rc=$?", check=False)

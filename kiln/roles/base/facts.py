@@ -47,10 +47,11 @@ def installed_versions(packages: dict[str, dict[str, str]]) -> dict[str, str]:
 
 
 # dpkg's status letters (dpkg-query's db:Status-Abbrev, second letter) of a package whose
-# unpacking or configuring was cut off and that `dpkg --configure -a` finishes: Unpacked,
-# half-conFigured, triggers-aWaited, triggers-pending (t). Half-installed (H) is not among
-# them: only a reinstall mends it, and the next install of that package is one.
-UNCONFIGURED = frozenset("UFWt")
+# unpacking or configuring was cut off: Unpacked, half-conFigured, triggers-aWaited and
+# triggers-pending (t), which `dpkg --configure -a` finishes, and Half-installed (H), which
+# only a reinstall mends (base's dpkg-finish script does it, as for a package dpkg flags
+# reinstall-required).
+UNCONFIGURED = frozenset("UFWtH")
 
 
 def unconfigured_packages(packages: dict[str, dict[str, str]]) -> dict[str, str]:

@@ -36,8 +36,9 @@ def test_unconfigured_packages_are_those_configure_a_finishes():
         "nvidia-kernel-common-570-server\t570.148.08-1\tiH\n"
         "chrony\t4.3-2\tii\n"
         "old-thing\t1.0\trc\n")
-    # Half-installed (H) needs a reinstall, which the next install of it is.
-    assert unconfigured_packages(packages) == {"cuda-toolkit-12-8": "U", "libnccl2": "F"}
+    # Half-installed (H) too: the finishing script reinstalls it.
+    assert unconfigured_packages(packages) == {
+        "cuda-toolkit-12-8": "U", "libnccl2": "F", "nvidia-kernel-common-570-server": "H"}
 
 
 def test_the_lock_wait_is_host_data_with_a_bound():
@@ -48,12 +49,15 @@ def test_the_lock_wait_is_host_data_with_a_bound():
         settings_from_data({"kiln_dpkg_lock_wait": -1}, base)
 
 
-def run_finish(tmp_path: Path, dpkg_body: str, seconds: int) -> subprocess.CompletedProcess:
+def run_finish(tmp_path: Path, dpkg_body: str, seconds: int,
+               **tools: str) -> subprocess.CompletedProcess:
+    """The script with stand-ins for dpkg (and for `tools`: dpkg_query, apt_get)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = bin_dir / "dpkg"
-    fake.write_text("#!/bin/sh\n" + dpkg_body)
-    fake.chmod(0o755)
+    for name, body in {"dpkg": dpkg_body, **tools}.items():
+        fake = bin_dir / name.replace("_", "-")
+        fake.write_text("#!/bin/sh\n" + body)
+        fake.chmod(0o755)
     script = render("base/dpkg-finish.sh.j2", seconds=seconds)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
@@ -91,3 +95,38 @@ def test_any_other_dpkg_failure_is_reported_as_dpkg_printed_it(tmp_path: Path):
     result = run_finish(tmp_path, body, seconds=30)
     assert result.returncode == 1
     assert "error processing package nvidia-dkms" in result.stderr
+
+
+# What bookworm's dpkg prints for a package it was killed while unpacking.
+REINSTALL = ("dpkg: error processing package linux-headers-6.1.0-28-kilnlab (--configure):\n"
+             " package is in a very bad inconsistent state; you should\n"
+             " reinstall it before attempting configuration\n"
+             "Errors were encountered while processing:\n"
+             " linux-headers-6.1.0-28-kilnlab\n")
+
+
+def test_a_package_left_needing_a_reinstall_is_reinstalled_then_configured(tmp_path: Path):
+    # dpkg refuses to configure until apt has reinstalled the package, then configures.
+    dpkg = (f'if [ ! -e {tmp_path}/reinstalled ]; then printf "%s" "{REINSTALL}" >&2; exit 1; fi\n'
+            'echo "Setting up linux-headers-6.1.0-28-kilnlab ..."\n')
+    query = ("printf 'ii  chrony=4.3-2\\niUR linux-headers-6.1.0-28-kilnlab=6.1.119-1kilnlab1"
+             "\\nhi  libnccl2=2.26.5-1\\niHR nvidia-dkms=570.148.08-1\\n'\n")
+    apt = f'echo "$*" > {tmp_path}/apt-args; touch {tmp_path}/reinstalled\n'
+    result = run_finish(tmp_path, dpkg, seconds=30, dpkg_query=query, apt_get=apt)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "apt-args").read_text().split()
+    assert args[:4] == ["install", "-y", "-q", "--reinstall"]
+    assert args[-2:] == ["linux-headers-6.1.0-28-kilnlab=6.1.119-1kilnlab1",
+                         "nvidia-dkms=570.148.08-1"]
+    assert "--allow-change-held-packages" in args
+    assert "Setting up linux-headers-6.1.0-28-kilnlab" in result.stdout
+
+
+def test_a_reinstall_that_fails_is_reported_as_apt_printed_it(tmp_path: Path):
+    dpkg = f'printf "%s" "{REINSTALL}" >&2; exit 1\n'
+    query = "printf 'iUR linux-headers-6.1.0-28-kilnlab=6.1.119-1kilnlab1\\n'\n"
+    apt = ('echo "E: Version \'6.1.119-1kilnlab1\' for \'linux-headers-6.1.0-28-kilnlab\' '
+           'was not found" >&2; exit 100\n')
+    result = run_finish(tmp_path, dpkg, seconds=30, dpkg_query=query, apt_get=apt)
+    assert result.returncode == 1
+    assert "was not found" in result.stderr
