@@ -97,10 +97,6 @@ def ansible_files(work: Path, state: Any, nodes: list, command: str) -> tuple[Pa
     return inventory, config, playbook
 
 
-def best(seconds: list[float]) -> float:
-    return min(seconds)
-
-
 def time_kiln(data: list[str]) -> float:
     started = time.monotonic()
     out = run(str(BIN / "pyinfra"), "-y", "inventory/lab.py", "deploy/audit.py", *data)
@@ -161,7 +157,7 @@ def measure(count: int, repeat: int) -> dict:
             times["ansible"].append(time_ansible(playbook_bin, *files))
             times["kiln"].append(time_kiln(data))
     return {"nodes": count, "seconds": times,
-            "best": {name: round(best(s), 2) for name, s in times.items()}}
+            "best": {name: round(min(s), 2) for name, s in times.items()}}
 
 
 def main() -> int:

@@ -142,22 +142,24 @@ def report_lines(fleet: FleetAudit, since: dict[DriftSeen, float], inventory: st
     return lines
 
 
+def _iso(at: float | None) -> str | None:
+    return None if at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def report_json(fleet: FleetAudit, since: dict[DriftSeen, float], at: float,
                 audit_id: int | None) -> dict[str, Any]:
-    def first(node: str, item: str, where: str, expected: str, found: str) -> str | None:
-        seen = since.get(DriftSeen(node, item, where, expected, found))
-        return None if seen is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seen))
-
+    """The audit as data; a drift's `since` per node is null when this audit saw it first."""
     drifts = []
     for drift in fleet.drifts:
         entry = drift.as_dict()
-        entry["since"] = {node: min((first(node, drift.item, w, drift.expected, drift.found)
-                                     or "now") for w in wheres)
-                          for node, wheres in drift.places.items()}
+        entry["since"] = {
+            node: _iso(_first_seen(since, [DriftSeen(node, drift.item, where, drift.expected,
+                                                     drift.found) for where in wheres]))
+            for node, wheres in drift.places.items()}
         drifts.append(entry)
     return {
         "audit": audit_id,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+        "at": _iso(at),
         "clean": fleet.clean,
         "nodes": fleet.nodes,
         "values_read": sum(len(audit.values) for audit in fleet.audits),

@@ -256,6 +256,9 @@ def test_the_ledger_keeps_when_each_drift_was_first_seen_and_forgets_a_fixed_one
     report = report_json(fleet, drift_since(ledger), 2000.0, second)
     assert report["drifts"][0]["since"] == {"gpu-002": "1970-01-01T00:16:40Z"}
     json.dumps(report)
+    # A drift this audit saw first has no `since` yet.
+    fresh = report_json(fleet, {}, 2000.0, None)
+    assert fresh["drifts"][0]["since"] == {"gpu-002": None}
     # An audit of other nodes leaves gpu-002's drift alone; one of gpu-002 that finds it
     # fixed forgets it.
     book.record_audit(["gpu-001"], [], "clean", at=3000.0)
