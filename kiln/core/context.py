@@ -7,7 +7,7 @@ and a bad value is a KilnError that names the node and the host-data key.
 
     ctx = node_context(host)          # a pyinfra Host, its host data, or a mapping (tests)
     ctx.node, ctx.sku, ctx.manifest   # the SKU's manifest from kiln_firmware_dir, loaded once
-    ctx.bmc, ctx.maas_server, ctx.maas_identity, ctx.ledger_path, ctx.pool_file
+    ctx.bmc, ctx.maas_server, ctx.maas_identity, ctx.ledger_path, ctx.pool_file, ctx.pool_backend
 
 Each field is validated when first read, so a node without a BMC can still run a stage
 that never talks to one; its error comes from the stage that needs the BMC. A context is
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from pyinfra.api.host import Host, HostData
 
 from kiln.core.errors import KilnError, ValidationFailed, pydantic_problems
-from kiln.core.inventory import BMC, MAASIdentity, MAASServer, UFMServer
+from kiln.core.inventory import BMC, MAASIdentity, MAASServer, PoolBackend, UFMServer
 from kiln.core.manifest import Manifest, load_manifest, manifest_path
 from kiln.core.paths import FIRMWARE_DIR
 from kiln.core.secrets import Secret, lookup
@@ -43,8 +43,8 @@ DEFAULT_ENV_PREFIX = "KILN_"
 KEYS = (
     "kiln_node", "kiln_cluster", "kiln_role", "kiln_rack", "kiln_sku", "kiln_firmware_dir",
     "kiln_bmc", "kiln_maas", "kiln_maas_server", "kiln_ufm_server", "kiln_secrets_file",
-    "kiln_secrets_env_prefix", "kiln_ledger", "kiln_pool_file", "ssh_hostname", "ssh_user",
-    "ssh_port",
+    "kiln_secrets_env_prefix", "kiln_ledger", "kiln_pool_file", "kiln_pool", "ssh_hostname",
+    "ssh_user", "ssh_port",
 )
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -252,6 +252,11 @@ class NodeContext:
     def pool_file(self) -> Path:
         """The file pool backend: kiln_pool_file, default state/pool.yaml."""
         return Path(self._text("kiln_pool_file") or DEFAULT_POOL_FILE).expanduser()
+
+    @cached_property
+    def pool_backend(self) -> PoolBackend:
+        """Where the training pool lives: group data kiln_pool, default the file pool."""
+        return self._model(PoolBackend, "kiln_pool") or PoolBackend()
 
 
 # pyinfra host -> (the keys' values the context was built from, the context)

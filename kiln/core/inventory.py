@@ -441,3 +441,26 @@ def inventory_groups(yaml_path: Path | str, firmware_dir: Path | str) -> dict[st
         group: [(f"@metal/{name}", data) for name, data in hosts]
         for group, hosts in pyinfra_groups(cluster).items()
     }
+
+
+class PoolBackend(Strict):
+    """Where the training pool lives (group data `kiln_pool`): which nodes jobs may land on.
+
+    file:  the YAML pool file (kiln_pool_file), kiln's embedded default.
+    slurm: Slurm's own node states: kiln drains a node with `scontrol update ... State=DRAIN
+           Reason="kiln: ..."` and resumes only the nodes it drained. `controller` is the
+           inventory host whose `scontrol` kiln runs (over that host's own SSH login, or
+           "@local" for the machine kiln runs on), usually the slurmctld host.
+    """
+
+    backend: Literal["file", "slurm"] = "file"
+    controller: str | None = None
+    # The node's name in Slurm when it is not kiln's name for it.
+    node_name: str | None = None
+
+    @model_validator(mode="after")
+    def _controller_for_slurm(self) -> PoolBackend:
+        if self.backend == "slurm" and not self.controller:
+            raise ValueError("backend slurm needs controller: the inventory host that runs "
+                             "scontrol (the slurmctld host, or @local)")
+        return self

@@ -26,7 +26,7 @@ import yaml
 from kiln.lab import cluster
 from kiln.lab.firmware_blobs import blob_sha256
 from kiln.lab.hwsim.profile import KNOWN_FIRMWARE
-from kiln.roles.pool import FilePool
+from kiln.roles.pool.file import FilePool
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ A node that is in the pool is drained (roles/pool, reason "firmware update: …"
 anything is flashed; it stays drained: only the gate puts a node back in the pool.
 
 Host data (through the node context, kiln.core.context): kiln_sku / kiln_firmware_dir (the
-manifest), kiln_bmc (Redfish), kiln_pool_file (default state/pool.yaml); and kiln_mirror_*
+manifest), kiln_bmc (Redfish), kiln_pool / kiln_pool_file (the pool backend); and kiln_mirror_*
 (roles/mirror: where the blobs are served).
 Service nodes are left alone: the SKU manifests describe the GPU nodes' hardware.
 """
@@ -87,7 +87,6 @@ def firmware(rolling: bool = False) -> None:
         manifest_file=str(Path(path)),
         mirror_firmware=url,
         mirror_verify=verify,
-        pool_file=str(context.pool_file),
         rolling=rolling,
         _parallel=fleet_parallel(),
     )

@@ -60,7 +60,7 @@ from kiln.roles.firmware.plan import Flash, UpdatePlan, plan_update
 from kiln.roles.mirror.render import NODE_TOOL
 from kiln.roles.nvidia.facts import NvidiaSmiQuery
 from kiln.roles.nvidia.parsers import parse_nvidia_smi_q
-from kiln.roles.pool import FilePool
+from kiln.roles.pool import Membership, pool_for
 from kiln.roles.provision import will_be_imaged
 
 logger = logging.getLogger("pyinfra")
@@ -206,14 +206,14 @@ def _check_blobs(state: State, host: Host, flashes: list[Flash], urls: dict[str,
     return True
 
 
-def _drain(state: State, host: Host, pool_file: str | None, reason: str) -> bool:
-    if pool_file is None:
+def _drain(state: State, host: Host, drain: bool, reason: str) -> bool:
+    if not drain:
         return True
-    pool = FilePool(pool_file)
+    pool = pool_for(host)
     node = _node(host)
-    if node in pool.members():
+    if pool.entry(node).membership == Membership.POOLED:
         pool.drain(node, reason)
-        host.log(f"pool: drained {node} ({reason})", log_func=logger.info)
+        host.log(f"pool: drained {node} from the {pool.where} ({reason})", log_func=logger.info)
     ledger = Ledger(node_context(host).ledger_path)
     try:
         # Out of the pool is out of `pooled`: only the gate moves it back, after its checks.
@@ -287,11 +287,11 @@ def _rebooted(reboot: FunctionCommand) -> Callable[..., bool]:
 
 
 def update_commands(plan: UpdatePlan, manifest_file: str, mirror_firmware: str,
-                    verify: bool | str, pool_file: str | None) -> list[FunctionCommand]:
+                    verify: bool | str, drain: bool) -> list[FunctionCommand]:
     urls = {flash.key: blob_url(mirror_firmware, flash.blob) for flash in plan.flashes}
     commands = [
         _step(_check_blobs, plan.flashes, urls, verify),
-        _step(_drain, pool_file, f"firmware update: {plan.summary()}"),
+        _step(_drain, drain, f"firmware update: {plan.summary()}"),
     ]
     for flash in plan.flashes:
         flasher = _redfish_flash if flash.update == "redfish" else _mlx_flash
@@ -307,7 +307,7 @@ def update_commands(plan: UpdatePlan, manifest_file: str, mirror_firmware: str,
 
 @operation()
 def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - generator
-           mirror_verify: bool | str = True, pool_file: str | None = None,
+           mirror_verify: bool | str = True, drain: bool = True,
            rolling: bool = False):
     """Every firmware component `manifest_file` pins runs its version on this node (see the
     module docstring for the steps of an update)."""
@@ -359,4 +359,4 @@ def pinned(manifest_file: str, mirror_firmware: str | None,  # noqa: ANN201 - ge
                     f"{doing} to {flash.version}")
     for refusal in plan.refusals:
         logger.warning(f"{host.print_prefix}firmware: {refusal}")
-    yield from update_commands(plan, manifest_file, mirror_firmware, mirror_verify, pool_file)
+    yield from update_commands(plan, manifest_file, mirror_firmware, mirror_verify, drain)

@@ -16,8 +16,11 @@ to quarantined in the ledger and drains it from the pool. The reason names the s
 failed and what was printed in red for the node during that operation: kiln's message, or
 the failed command's output.
 
-The pool is the file pool (kiln.roles.pool.FilePool, host data kiln_pool_file). Slurm,
-Kubernetes and MAAS-tag backends and the tenant PKey are still to come (the gate issue).
+The pool is the backend group data `kiln_pool` names (kiln.roles.pool: the file pool, or
+Slurm). The gate changes only what kiln set there: a node someone else drained passes the
+gate (the ledger says pooled: kiln found nothing wrong) but stays out of the pool, and the
+run says whose reason keeps it out. Kubernetes and MAAS-tag backends and the tenant PKey are
+still to come (the gate issue).
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.state import BaseStateCallback, State
 
 from kiln.core.context import node_context
+from kiln.core.errors import KilnError
 from kiln.core.ledger import TRANSITIONS, Ledger, NodeState, recorded_state
-from kiln.core.outcomes import fail_host
+from kiln.core.outcomes import fail, fail_host
 from kiln.core.runlock import callback_once
-from kiln.roles.pool import FilePool
+from kiln.roles.pool import REASON_PREFIX, HeldByAnother, Membership, Pool, pool_for
 
 logger = logging.getLogger("pyinfra")
 S = NodeState
-REASON_PREFIX = "kiln: "
 MAX_LINES = 8  # of a failure's output, in a reason: apt's last lines say what broke
 # The states the gate moves a node through towards the pool: forward only.
 _FORWARD = frozenset({S.ENROLLED, S.DEPLOYED, S.CONFIGURED, S.BURNING_IN, S.POOLED})
@@ -74,7 +77,7 @@ def path_to_pool(start: NodeState | None) -> list[NodeState]:
 
 
 def _admit(state: State, host: Any,  # noqa: ARG001 - pyinfra passes state, host
-            node: str, ledger: str, pool_file: str) -> bool:
+            node: str, ledger: str) -> bool:
     book = Ledger(ledger)
     try:
         try:
@@ -88,9 +91,15 @@ def _admit(state: State, host: Any,  # noqa: ARG001 - pyinfra passes state, host
                 book.transition(node, to, _WHY[to])
     finally:
         book.close()
-    added = FilePool(pool_file).add(node)
+    pool = pool_for(host)
+    try:
+        added = pool.add(node)
+    except HeldByAnother as exc:
+        host.log_styled(f"gate: {node} passed, but stays out: {exc}", fg="yellow",
+                        log_func=logger.warning)
+        return True
     host.log(f"gate: {node} pooled" + (" (ledger: " + " -> ".join(moves) + ")" if moves
-                                        else " (back in the pool file)" if added else ""),
+                                        else f" (back in the {pool.where})" if added else ""),
               log_func=logger.info)
     return True
 
@@ -100,26 +109,36 @@ def pooled():  # noqa: ANN201 - pyinfra operation generator
     """This node, having passed every stage of this run, is pooled (ledger and pool)."""
     ctx = node_context(host)
     node = ctx.node or host.name
-    ledger, pool_file = ctx.ledger_path, ctx.pool_file
+    ledger = ctx.ledger_path
     recorded = recorded_state(ledger, node)
-    members = FilePool(pool_file).members() if pool_file.exists() else []
-    if recorded == S.POOLED and node in members:
+    try:
+        pool = pool_for(host)
+        entry = pool.entry(node)
+    except KilnError as exc:
+        yield fail(f"gate: {node}: the pool cannot be read: {exc}")
+        return
+    if recorded == S.POOLED and entry.membership == Membership.POOLED:
         host.noop(f"{node} is in the pool, and passed this run")
         return
-    yield FunctionCommand(_admit, (node, str(ledger), str(pool_file)), {})
+    if recorded == S.POOLED and entry.membership == Membership.HELD:
+        host.noop(f"{node} passed this run; the {pool.where} holds it out by another's "
+                  f"drain ({entry.reason!r}): kiln leaves it")
+        return
+    yield FunctionCommand(_admit, (node, str(ledger)), {})
 
 
-def quarantine(node: str, ledger: Path | str, pool_file: Path | str, reason: str) -> bool:
+def quarantine(node: str, ledger: Path | str, pool: Pool, reason: str) -> bool:
     """Take `node` out: quarantined in the ledger (enrolled first if it is not there yet)
-    and drained from the pool, with `reason`. Whether anything changed."""
+    and drained in the pool with `reason` (a drain by someone else stays as it is).
+    Whether anything changed."""
     book = Ledger(ledger)
     try:
         book.enroll(node)
         moved = book.transition(node, S.QUARANTINED, reason) is not None
     finally:
         book.close()
-    pool = FilePool(pool_file)
-    drained = pool.drain(node, reason) if node in pool.members() else False
+    drained = pool.drain(node, reason) if pool.entry(node).membership != Membership.UNKNOWN \
+        else False
     return moved or drained
 
 
@@ -180,7 +199,7 @@ class QuarantineFailedNodes(BaseStateCallback):
         reason = failure_reason(node, state.get_op_meta(op_hash).names,
                                 self.errors.lines.pop(host_.name, []))
         try:
-            quarantine(node, ctx.ledger_path, ctx.pool_file, reason)
+            quarantine(node, ctx.ledger_path, pool_for(host_), reason)
         except Exception as exc:  # noqa: BLE001 - the run goes on; the record says why not
             host_.log_styled(f"gate: could not quarantine {node}: {exc}", fg="red",
                              log_func=logger.error)

@@ -35,12 +35,12 @@ from kiln.roles.health.judge import Evaluation, SelRead, evaluate
 from kiln.roles.health.kernel import CURSOR as KERNEL_CURSOR
 from kiln.roles.health.probe import HealthRead, script, sections, split_sections
 from kiln.roles.health.sel import CURSOR as SEL_CURSOR
-from kiln.roles.pool import FilePool
+from kiln.roles.pool import REASON_PREFIX, Membership, pool_for
 
 logger = logging.getLogger("pyinfra")
 
 CHECK = "health"  # when it ran in this run (mark_ran), for the stages after it
-REASON_PREFIX = "kiln: health: "
+HEALTH_REASON = REASON_PREFIX + "health: "
 
 
 def df_paths(min_free: dict[str, float]) -> list[str]:
@@ -75,7 +75,7 @@ def _sel(target: Host) -> SelRead | None:
 
 
 def _settle(state: State, host: Host, evaluation: Evaluation, ledger: str, record: bool,
-            title: str, drain: bool, pool_file: str) -> bool:
+            title: str, drain: bool) -> bool:
     combined = Combined.of(evaluation.results)
     node = node_context(host).label
     if record:
@@ -85,7 +85,7 @@ def _settle(state: State, host: Host, evaluation: Evaluation, ledger: str, recor
         finally:
             book.close()
     if combined.status == Status.CRITICAL and drain:
-        _drain(host, node, ledger, pool_file, combined)
+        _drain(host, node, ledger, combined)
     if not combined.passes:
         return fail_host(host, f"{title}: " + "\n".join(combined.report()))
     for line in combined.report():  # the WARNs
@@ -93,14 +93,15 @@ def _settle(state: State, host: Host, evaluation: Evaluation, ledger: str, recor
     return True
 
 
-def _drain(host_: Host, node: str, ledger: str, pool_file: str, combined: Combined) -> None:
+def _drain(host_: Host, node: str, ledger: str, combined: Combined) -> None:
     """A pooled node that turned CRITICAL leaves the pool with kiln's reason."""
     first = combined.having(Status.CRITICAL)[0]
-    reason = REASON_PREFIX + first.message
-    pool = FilePool(pool_file)
-    if node in pool.members():
+    reason = HEALTH_REASON + first.message
+    pool = pool_for(host_)
+    if pool.entry(node).membership == Membership.POOLED:
         pool.drain(node, reason)
-        host_.log(f"pool: drained {node} ({reason})", log_func=logger.warning)
+        host_.log(f"pool: drained {node} from the {pool.where} ({reason})",
+                  log_func=logger.warning)
     book = Ledger(ledger)
     try:
         if book.state(node) == NodeState.POOLED:
@@ -149,7 +150,7 @@ def node_health(drain: bool = False):  # noqa: ANN201
                      if combined.having(Status.WARN) else ""))
         return
     yield FunctionCommand(_settle, (evaluation, ledger, record, f"node {node}: health",
-                                    drain, str(ctx.pool_file)), {})
+                                    drain), {})
 
 
 def _site_allowlist(ctx: Any) -> Path:

@@ -1,8 +1,8 @@
-"""The training pool: which nodes jobs may land on.
+"""The file pool: kiln's embedded default backend.
 
-Backends share one small interface — members, add, drain with a reason. `FilePool` is the
-embedded default: the pool as a YAML file a scheduler wrapper (or a human) reads. Slurm,
-Kubernetes and MAAS-tag backends come with the gate.
+`{members: [..], drained: {node: {reason, at}}}` in one YAML file, updated atomically under
+a lock, which a scheduler wrapper (or a human) reads. A human takes a node out by adding it
+under `drained` with their own reason; kiln never returns such a node.
 """
 
 from __future__ import annotations
@@ -13,31 +13,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
 from kiln.core.errors import KilnError
-
-
-class Pool(Protocol):
-    def members(self) -> list[str]: ...
-
-    def drained(self) -> dict[str, str]: ...
-
-    def add(self, node: str) -> bool: ...
-
-    def drain(self, node: str, reason: str) -> bool: ...
+from kiln.roles.pool.model import HeldByAnother, Membership, PoolEntry, kiln_reason, membership_of
 
 
 class FilePool:
-    """`{members: [..], drained: {node: {reason, at}}}` in one YAML file, updated atomically.
-
-    add/drain return whether anything changed, so operations can report "no change".
-    """
-
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.where = f"file pool {self.path}"
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -63,6 +50,10 @@ class FilePool:
             raise KilnError(f"{self.path}: pool file must be a mapping")
         document.setdefault("members", [])
         document.setdefault("drained", {})
+        for node, entry in document["drained"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("reason"), str):
+                raise KilnError(f"{self.path}: drained.{node}: expected a mapping with a "
+                                "reason")
         return document
 
     def members(self) -> list[str]:
@@ -71,8 +62,21 @@ class FilePool:
     def drained(self) -> dict[str, str]:
         return {node: entry["reason"] for node, entry in self._read()["drained"].items()}
 
+    def entry(self, node: str) -> PoolEntry:
+        document = self._read()
+        if node in document["drained"]:
+            reason = document["drained"][node]["reason"]
+            return PoolEntry(node, membership_of(True, reason), reason)
+        if node in document["members"]:
+            return PoolEntry(node, Membership.POOLED)
+        return PoolEntry(node, Membership.UNKNOWN)
+
     def add(self, node: str) -> bool:
         with self._locked() as document:
+            held = document["drained"].get(node)
+            if held and membership_of(True, held["reason"]) == Membership.HELD:
+                raise HeldByAnother(f"{self.where}: {node} is drained by someone else "
+                                    f"({held['reason']!r}): kiln leaves it out")
             changed = node not in document["members"] or node in document["drained"]
             if node not in document["members"]:
                 document["members"] = sorted([*document["members"], node])
@@ -80,11 +84,13 @@ class FilePool:
         return changed
 
     def drain(self, node: str, reason: str) -> bool:
-        if not reason:
-            raise KilnError(f"node {node}: draining needs a reason a human can act on")
+        reason = kiln_reason(reason, node)
         with self._locked() as document:
-            changed = node in document["members"] or node not in document["drained"]
+            held = document["drained"].get(node)
+            if held and membership_of(True, held["reason"]) == Membership.HELD:
+                return False  # another's reason stays: the node is out either way
+            changed = node in document["members"] or held is None or held["reason"] != reason
             document["members"] = [m for m in document["members"] if m != node]
-            if node not in document["drained"]:
-                document["drained"][node] = {"reason": reason, "at": time.time()}
+            document["drained"][node] = {"reason": reason,
+                                         "at": held["at"] if held else time.time()}
         return changed

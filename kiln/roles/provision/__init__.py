@@ -44,7 +44,7 @@ from kiln.roles.maas.lifecycle import has_image, image_text
 from kiln.roles.maas.machine import Machine, Status
 from kiln.roles.maas.settings import client_for_host, identity_for_host
 from kiln.roles.maas.userdata import cloud_config, public_key_of
-from kiln.roles.pool import FilePool
+from kiln.roles.pool import pool_for
 
 logger = logging.getLogger("pyinfra")
 
@@ -102,11 +102,6 @@ def user_data_for(data: Any) -> str:
 def ledger_for(data: Any) -> Ledger:
     """The ledger the node's context names (kiln_ledger, default state/kiln.db)."""
     return Ledger(node_context(data).ledger_path)
-
-
-def pool_for(data: Any) -> FilePool:
-    """The file pool the node's context names (kiln_pool_file, default state/pool.yaml)."""
-    return FilePool(node_context(data).pool_file)
 
 
 # -- the ledger follows MAAS ----------------------------------------------------------------
@@ -291,8 +286,9 @@ def _reprovision_node(state: State, host: Host, image: OSImage) -> bool:
     if run is None:
         return False
     try:
-        if pool_for(run.context).drain(run.node, "reprovisioning"):
-            run.progress(f"{run.node}: drained from the pool (reprovisioning)")
+        pool = pool_for(host)
+        if pool.drain(run.node, "reprovisioning"):
+            run.progress(f"{run.node}: drained from the {pool.where} (reprovisioning)")
         record(run.ledger, run.node, L.REPROVISIONING, "reprovision requested")
         check_bmc(run.context)
         machine = run.client.find(run.identity)

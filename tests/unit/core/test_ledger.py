@@ -4,7 +4,7 @@ import pytest
 
 from kiln.core.errors import KilnError
 from kiln.core.ledger import InvalidTransition, Ledger, NodeState
-from kiln.roles.pool import FilePool
+from kiln.roles.pool.file import FilePool
 
 S = NodeState
 
@@ -84,9 +84,13 @@ def test_file_pool_add_and_drain(tmp_path):
     assert pool.add("gpu-001") is False
     assert pool.members() == ["gpu-001", "gpu-002"]
     assert pool.drain("gpu-001", "reprovision: replaced motherboard") is True
-    assert pool.drain("gpu-001", "again") is False
+    assert pool.drain("gpu-001", "kiln: reprovision: replaced motherboard") is False
     assert pool.members() == ["gpu-002"]
-    assert pool.drained() == {"gpu-001": "reprovision: replaced motherboard"}
+    # kiln's reasons carry kiln's prefix: how every backend tells kiln's drains from others'.
+    assert pool.drained() == {"gpu-001": "kiln: reprovision: replaced motherboard"}
+    # A later kiln reason replaces kiln's earlier one (the newest cause is the one to act on).
+    assert pool.drain("gpu-001", "health failed: GPU 3 row-remap failure") is True
+    assert pool.drained() == {"gpu-001": "kiln: health failed: GPU 3 row-remap failure"}
     assert pool.add("gpu-001") is True
     assert pool.drained() == {}
 

@@ -295,7 +295,7 @@ def test_update_commands_check_blobs_first_and_verify_last():
                        parse_nvidia_smi_q(SMI.read_text()))
     plan = plan_update(statuses, components, "firmware/lab.yaml")
     commands = operations.update_commands(plan, "firmware/lab.yaml", "http://m/firmware/",
-                                          True, "/tmp/pool.yaml")
+                                          True, True)
     steps = [command.args[0].__name__ for command in commands]
     assert steps == ["_check_blobs", "_drain", "_redfish_flash", "_mlx_flash", "step",
                      "_verify"]
@@ -370,7 +370,7 @@ def test_the_bmc_restart_step_restarts_the_bmc_and_a_failure_fails_the_node(monk
 
 def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
     from kiln.core.ledger import Ledger, NodeState
-    from kiln.roles.pool import FilePool
+    from kiln.roles.pool.file import FilePool
 
     pool_file, ledger_file = tmp_path / "pool.yaml", tmp_path / "kiln.db"
     pool = FilePool(pool_file)
@@ -382,18 +382,19 @@ def test_a_pooled_node_is_drained_and_leaves_pooled_in_the_ledger(tmp_path):
                   NodeState.BURNING_IN, NodeState.POOLED):
         ledger.transition("gpu-001", state, "test")
     host = StubHost("gpu-001")
-    host.data["kiln_ledger"] = str(ledger_file)
+    host.data.update(kiln_ledger=str(ledger_file), kiln_pool_file=str(pool_file))
     reason = "firmware update: bios -> 1.6.2"
-    assert operations._drain(StubState(), host, str(pool_file), reason) is True
+    assert operations._drain(StubState(), host, True, reason) is True
     assert pool.members() == ["gpu-002"]
-    assert pool.drained() == {"gpu-001": reason}
+    # The pool holds kiln's reason, marked as kiln's: only kiln's drains are kiln's to undo.
+    assert pool.drained() == {"gpu-001": f"kiln: {reason}"}
     assert ledger.state("gpu-001") == NodeState.CONFIGURED
     assert ledger.reason("gpu-001") == f"drained: {reason}"
-    assert host.logged == [f"pool: drained gpu-001 ({reason})"]
+    assert host.logged == [f"pool: drained gpu-001 from the file pool {pool_file} ({reason})"]
     # A node that is not in the pool: nothing to drain, the ledger untouched.
     other = StubHost("gpu-003")
-    other.data["kiln_ledger"] = str(ledger_file)
-    assert operations._drain(StubState(), other, str(pool_file), reason) is True
+    other.data.update(kiln_ledger=str(ledger_file), kiln_pool_file=str(pool_file))
+    assert operations._drain(StubState(), other, True, reason) is True
     assert pool.members() == ["gpu-002"] and other.logged == []
     assert ledger.state("gpu-003") is None
     ledger.close()
@@ -462,6 +463,6 @@ def test_the_deploy_checks_the_node_against_the_site_manifest(tmp_path, monkeypa
         "kiln_pool_file": str(tmp_path / "pool.yaml")}, "gpu-001")
     (pinned,) = recorder.called("pinned")
     assert pinned["manifest_file"] == str(site / "lab.yaml")
-    assert pinned["pool_file"] == str(tmp_path / "pool.yaml")
+    assert "drain" not in pinned  # an update drains the node: the operation's default
     assert pinned["mirror_firmware"] == "http://10.0.0.1/firmware/"
     assert pinned["_parallel"] == 2
