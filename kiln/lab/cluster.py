@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kiln.core.paths import FIRMWARE_DIR
-from kiln.lab import hostfaults, integrations, netboot, netns, ntp, rails, services
+from kiln.lab import hostfaults, integrations, netboot, netns, ntp, rails, services, slurm
 from kiln.lab.credentials import ensure_lab_secrets
 from kiln.lab.host import LabError, require_root, require_tools, run
 from kiln.lab.nodes import Node
@@ -122,6 +122,11 @@ def up(
             secrets_file=str(ensure_lab_secrets(lab)),
             tls_ca=str(ensure_ca(lab)),
         )
+        # One munge key per lab (never printed); imaging copies it into each node.
+        slurm.new_munge_key(lab)
+        controller = slurm.controller(nodes)
+        if controller is not None:
+            state.endpoints["slurm"] = controller
         started = time.monotonic()
         for node in nodes:
             if node.role == "service":

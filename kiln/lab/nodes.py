@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kiln.lab import integrations, rails
+from kiln.lab import integrations, rails, slurm
 from kiln.lab.host import LabError, run
 from kiln.lab.netns import kill_netns_processes
 from kiln.lab.state import VENDOR_REPO_URL, NodeState
@@ -193,7 +193,8 @@ class Node:
             run(["umount", "-l", str(self.merged)])
 
     def install_identity(self, hosts: list[NodeState], public_key: str) -> None:
-        """What the imaging step writes on a new install: hostname, hosts, root's key."""
+        """What the imaging step writes on a new install: hostname, hosts, root's key, and
+        Slurm's configuration and munge key (kiln/lab/slurm.py)."""
         root = self.merged
         (root / "etc/hostname").write_text(f"{self.name}\n")
         lines = ["127.0.0.1\tlocalhost", f"{self.state.address}\t{self.name}"]
@@ -206,6 +207,8 @@ class Node:
         keys.write_text(public_key.strip() + "\n")
         keys.chmod(0o600)
         self._install_os_archive()
+        # Slurm's configuration and the lab's munge key; the role's daemons enabled.
+        slurm.install_node(self.lab, root, self.state, hosts)
 
     def _install_os_archive(self) -> None:
         """apt points at the lab's mirror of the distribution, as MAAS points it at its own.

@@ -43,9 +43,16 @@ PACKAGES = [
     "curl",
     "kmod",  # modprobe: every server image has it (the simulated NVIDIA package's rule)
     "systemctl",  # docker-systemctl-replacement: runs unit files without systemd as PID 1
+    # Slurm, as a site's image carries it; which daemons a node runs is its role's (the
+    # install identity enables munge + slurmctld on the service node, munge + slurmd on GPU
+    # nodes: kiln/lab/slurm.py).
+    "munge",
+    "slurm-client",
+    "slurmctld",
+    "slurmd",
 ]
 # Bump when the tweaks in _customize() change: a new number rebuilds the cached base.
-TWEAKS_VERSION = 2
+TWEAKS_VERSION = 3
 
 SSHD_CONFIG = """\
 # kiln lab node: key-only root login with the lab's key; no DNS lookups (no DNS in the lab).
@@ -195,6 +202,29 @@ def _customize(root: Path) -> None:
         "# kiln lab: the node's unit manager is not systemd (lab/README.md)\n"
         "[Service]\nUser=\nExecStart=\nExecStart=/usr/sbin/chronyd $DAEMON_OPTS\n"
     )
+
+
+    # munge.service's RuntimeDirectory= and User= are systemd's, which the replacement does
+    # not do: make /run/munge and drop to munge as Debian's init script does.
+    dropin = root / "etc/systemd/system/munge.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "kiln-lab.conf").write_text(
+        "# kiln lab: the node's unit manager is not systemd (lab/README.md)\n"
+        "[Service]\nUser=\nGroup=\n"
+        "ExecStartPre=/usr/bin/install -d -o munge -g munge -m 0755 /run/munge\n"
+        "ExecStart=\nExecStart=/usr/bin/setpriv --reuid=munge --regid=munge --init-groups "
+        "/usr/sbin/munged $OPTIONS\n"
+    )
+    # Slurm's daemons are the role's, enabled at install (kiln/lab/slurm.py), never the
+    # image's; and no munge key in the image: each lab has its own, written at install.
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in SLURM_UNITS:
+        (wants / unit).unlink(missing_ok=True)
+    (root / "etc/munge/munge.key").unlink(missing_ok=True)
+
+
+# The units the Debian packages enable at install; none runs unless the role enables it.
+SLURM_UNITS = ("munge.service", "slurmctld.service", "slurmd.service")
 
 
 def _remove_tree(path: Path) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from kiln.lab import cluster
+from kiln.lab import cluster, slurm
 from kiln.lab.state import load_state
 
 pytestmark = pytest.mark.lab
@@ -138,6 +140,58 @@ def test_power_off_and_on(lab, labtools, ssh, kiln_lab):
     assert load_state().node(node).state == "running"
 
 
+def _slurm_node(lab, ssh, node: str) -> dict[str, str]:
+    """`scontrol -o show node` of one node, read on the controller, as its key=value fields."""
+    line = ssh(lab, lab.endpoints["slurm"], f"scontrol -o show node {node}")
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def test_slurm_runs_every_gpu_node_idle_and_a_reimaged_or_power_cycled_one_rejoins(
+        lab, labtools, ssh, kiln_lab):
+    controller = lab.endpoints["slurm"]
+    assert controller == "svc-001"
+    gpus = [n.name for n in lab.nodes if n.role == "gpu"]
+    states = slurm.wait_registered(lab, timeout=60)
+    assert states == {name: "idle" for name in gpus}  # the service node is no Slurm node
+    assert ssh(lab, controller, "sinfo -h -o '%P|%a|%D'").strip() == f"gpu*|up|{len(gpus)}"
+    # Each role runs its own daemons, from the image's packages.
+    def daemons(node: str) -> set[tuple[str, ...]]:
+        out = ssh(lab, node, "ps -eo user=,comm=")
+        return {tuple(line.split()) for line in out.splitlines()
+                if "munge" in line or "slurm" in line}
+
+    assert daemons(controller) == {("munge", "munged"), ("slurm", "slurmctld"),
+                                   ("slurm", "slurmscriptd")}  # slurmctld's own helper
+    assert daemons("gpu-001") == {("munge", "munged"), ("root", "slurmd")}
+    # The lab's one munge key (0600 in the lab directory) is every node's, 0400 munge's.
+    key = Path(lab.lab_dir) / "slurm" / "munge.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    digest = hashlib.sha256(key.read_bytes()).hexdigest()
+    for node in (controller, "gpu-001"):
+        out = ssh(lab, node, "stat -c '%a %U' /etc/munge/munge.key; "
+                             "sha256sum < /etc/munge/munge.key")
+        mode, checksum = out.splitlines()
+        assert mode == "400 munge" and checksum.split()[0] == digest, node
+    # Jobs run across GPU nodes.
+    ran = ssh(lab, controller, "srun -N2 hostname").split()
+    assert len(ran) == 2 and len(set(ran)) == 2 and set(ran) <= set(gpus)
+
+    reimaged, cycled = "gpu-006", "gpu-007"
+    before = {node: _slurm_node(lab, ssh, node)["SlurmdStartTime"] for node in (reimaged, cycled)}
+    cluster.reset_node(reimaged)
+    cluster.power_cycle(cycled, wait=True)
+    assert ssh(lab, reimaged, "test -f /etc/slurm/slurm.conf && echo ok").strip() == "ok"
+    deadline = time.monotonic() + 60
+    while True:
+        now = {node: _slurm_node(lab, ssh, node) for node in before}
+        if all(now[n]["SlurmdStartTime"] != before[n] and now[n]["State"] == "IDLE"
+               for n in before):
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(1)
+    assert slurm.wait_registered(lab, timeout=30) == {name: "idle" for name in gpus}
+
+
 def test_a_second_up_is_refused(lab, labtools, ssh, kiln_lab):
     result = kiln_lab("up", "--nodes", "1", check=False)
     assert result.returncode == 1
@@ -176,6 +230,9 @@ def test_down_leaves_no_namespace_mount_veth_or_process(lab, lab_shapes, ssh, ki
         out = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True)
         node_pids += [int(pid) for pid in out.stdout.split()]
     assert node_pids, "the lab's nodes should have processes before down"
+    commands = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in node_pids
+                if Path(f"/proc/{pid}/comm").exists()}
+    assert {"munged", "slurmd", "slurmctld"} <= commands, commands  # gone after down too
     inodes = {os.stat(f"/run/netns/{node.netns}").st_ino for node in lab.nodes}
     before = _lab_traces(lab.lab_dir, inodes)
     assert len(before["netns"]) == len(lab.nodes) and before["processes"] and before["mounts"]
