@@ -451,12 +451,21 @@ class PoolBackend(Strict):
            Reason="kiln: ..."` and resumes only the nodes it drained. `controller` is the
            inventory host whose `scontrol` kiln runs (over that host's own SSH login, or
            "@local" for the machine kiln runs on), usually the slurmctld host.
+    kubernetes: the Node's label kiln.io/pool=pooled, and kiln's NoSchedule taint (reason in
+           the kiln.io/reason annotation) when drained, through the official client.
     """
 
-    backend: Literal["file", "slurm"] = "file"
+    backend: Literal["file", "slurm", "kubernetes"] = "file"
     controller: str | None = None
-    # The node's name in Slurm when it is not kiln's name for it.
+    # The node's name in Slurm or Kubernetes when it is not kiln's name for it.
     node_name: str | None = None
+    # kubernetes: a kubeconfig file and context (None: $KUBECONFIG or ~/.kube/config and its
+    # current context), or the pod's service account (in_cluster).
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    # Taint keys every pool job tolerates (e.g. nvidia.com/gpu): they hold no node out.
+    tolerated_taints: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _controller_for_slurm(self) -> PoolBackend:

@@ -13,7 +13,9 @@ never overwrites another's reason, and never resumes a node someone else took ou
 calls return whether anything changed, so operations can say "no change".
 
 Backends: `file` (FilePool, kiln.roles.pool.file), the embedded default; `slurm`
-(SlurmPool, kiln.roles.pool.slurm), Slurm's own node states through `scontrol`.
+(SlurmPool, kiln.roles.pool.slurm), Slurm's own node states through `scontrol`;
+`kubernetes` (KubernetesPool, kiln.roles.pool.kubernetes), a label and kiln's taint on the
+Node, through the official client (imported only when group data names it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ def pool_for(host: Any) -> Pool:
     """The pool a pyinfra host's group data names (kiln_pool; kiln_pool_file for `file`)."""
     ctx = node_context(host)
     settings = ctx.pool_backend
+    names = {ctx.label: settings.node_name} if settings.node_name else {}
+    if settings.backend == "kubernetes":
+        from kiln.roles.pool.kubernetes import KubernetesPool, core_v1
+
+        return KubernetesPool(core_v1(settings.kubeconfig, settings.context,
+                                      settings.in_cluster),
+                              tolerated=settings.tolerated_taints, names=names)
     if settings.backend == "slurm":
-        return SlurmPool(controller_runner(host, settings.controller or ""),
-                         names={ctx.label: settings.node_name} if settings.node_name else {})
+        return SlurmPool(controller_runner(host, settings.controller or ""), names=names)
     return FilePool(ctx.pool_file)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.roles.pool.model import HeldByAnother, Membership, PoolEntry, kiln_reason, membership_of
 
@@ -231,13 +232,19 @@ def controller_runner(host: Any, controller: str) -> Runner:
         raise KilnError(f"group data kiln_pool.controller: {controller!r} is not a host of "
                         "this inventory") from None
 
+    # `scontrol update` is for root and SlurmUser: another login goes through sudo.
+    sudo = node_context(target).sudo
+
     def remote(argv: list[str]) -> Reply:
         with _gate(controller):
             if not target.connected:
-                target.connect(raise_exceptions=True)
+                try:
+                    target.connect(raise_exceptions=True, show_errors=False)
+                except Exception as exc:  # noqa: BLE001 - pyinfra's ConnectError and its causes
+                    return Reply(False, "", f"cannot reach {controller}: {exc}")
             ok, output = target.run_shell_command(StringCommand(shlex.join(argv)),
                                                   print_output=False, print_input=False,
-                                                  timeout=TIMEOUT_S)
+                                                  timeout=TIMEOUT_S, _sudo=sudo)
         return Reply(ok, output.stdout, output.stderr)
 
     remote.where = where  # type: ignore[attr-defined]

@@ -40,4 +40,4 @@ def test_group_data_names_the_backend(tmp_path):
     with pytest.raises(KilnError, match="kiln_pool.*backend slurm needs controller"):
         pool_for({"kiln_node": "gpu-001", "kiln_pool": {"backend": "slurm"}})
     with pytest.raises(KilnError, match="kiln_pool"):
-        pool_for({"kiln_node": "gpu-001", "kiln_pool": {"backend": "kubernetes"}})
+        pool_for({"kiln_node": "gpu-001", "kiln_pool": {"backend": "nomad"}})

@@ -296,3 +296,15 @@ def test_simulator_patch_types(cluster, sim):
                     _content_type="application/merge-patch+json")
     assert taints(cluster, "gpu-004") == []
     assert core.list_node(label_selector=f"!{LABEL}").items[0].metadata.name == "gpu-004"
+
+
+def test_group_data_selects_the_kubernetes_pool(cluster, sim):
+    from kiln.roles.pool import pool_for
+
+    pool = pool_for({"kiln_node": "rack1-node4", "kiln_pool": {
+        "backend": "kubernetes", "kubeconfig": str(sim.kubeconfig), "context": sim.context,
+        "node_name": "gpu-004", "tolerated_taints": ["nvidia.com/gpu"]}})
+    assert isinstance(pool, KubernetesPool)
+    assert pool.entry("rack1-node4").membership == Membership.UNKNOWN
+    assert pool.add("rack1-node4") is True
+    assert pool.entry("rack1-node4").membership == Membership.POOLED
