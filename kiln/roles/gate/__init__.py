@@ -16,11 +16,12 @@ to quarantined in the ledger and drains it from the pool. The reason names the s
 failed and what was printed in red for the node during that operation: kiln's message, or
 the failed command's output.
 
-The pool is the backend group data `kiln_pool` names (kiln.roles.pool: the file pool, or
-Slurm). The gate changes only what kiln set there: a node someone else drained passes the
-gate (the ledger says pooled: kiln found nothing wrong) but stays out of the pool, and the
-run says whose reason keeps it out. Kubernetes and MAAS-tag backends and the tenant PKey are
-still to come (the gate issue).
+The pool is the backend group data `kiln_pool` names (kiln.roles.pool: the file pool,
+Slurm or Kubernetes). The gate changes only what kiln set there: a node someone else
+drained passes the gate (the ledger says pooled: kiln found nothing wrong) but stays out of
+the pool, and the run says whose reason keeps it out. Where group data names a tenant PKey
+(`kiln_gate_pkey`, kiln.roles.gate.pkey), a pooled node's HCA ports join it and a node kept
+out leaves it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from kiln.core.errors import KilnError
 from kiln.core.ledger import TRANSITIONS, Ledger, NodeState, recorded_state
 from kiln.core.outcomes import fail, fail_host
 from kiln.core.runlock import callback_once
+from kiln.roles.gate.pkey import gate_pkey, membership_is, set_membership
 from kiln.roles.pool import REASON_PREFIX, HeldByAnother, Membership, Pool, pool_for
 
 logger = logging.getLogger("pyinfra")
@@ -97,10 +99,23 @@ def _admit(state: State, host: Any,  # noqa: ARG001 - pyinfra passes state, host
     except HeldByAnother as exc:
         host.log_styled(f"gate: {node} passed, but stays out: {exc}", fg="yellow",
                         log_func=logger.warning)
-        return True
+        return _follow_pool(host, node, member=False)
     host.log(f"gate: {node} pooled" + (" (ledger: " + " -> ".join(moves) + ")" if moves
                                         else f" (back in the {pool.where})" if added else ""),
               log_func=logger.info)
+    return _follow_pool(host, node, member=True)
+
+
+def _follow_pool(host: Any, node: str, member: bool) -> bool:
+    """The tenant PKey (kiln_gate_pkey) follows: the node's ports in it when it is pooled,
+    out of it when it is not."""
+    try:
+        declared = gate_pkey(host)
+        changed = set_membership(host, declared, node, member) if declared else ""
+    except KilnError as exc:
+        return fail_host(host, f"gate: {node}: tenant PKey: {exc}")
+    if changed:
+        host.log(f"gate: {node}: UFM {changed}", log_func=logger.info)
     return True
 
 
@@ -114,13 +129,16 @@ def pooled():  # noqa: ANN201 - pyinfra operation generator
     try:
         pool = pool_for(host)
         entry = pool.entry(node)
+        declared = gate_pkey(host)
+        in_pkey = declared is None or membership_is(
+            host, declared, node, member=entry.membership == Membership.POOLED)
     except KilnError as exc:
-        yield fail(f"gate: {node}: the pool cannot be read: {exc}")
+        yield fail(f"gate: {node}: the pool or the tenant PKey cannot be read: {exc}")
         return
-    if recorded == S.POOLED and entry.membership == Membership.POOLED:
+    if recorded == S.POOLED and entry.membership == Membership.POOLED and in_pkey:
         host.noop(f"{node} is in the pool, and passed this run")
         return
-    if recorded == S.POOLED and entry.membership == Membership.HELD:
+    if recorded == S.POOLED and entry.membership == Membership.HELD and in_pkey:
         host.noop(f"{node} passed this run; the {pool.where} holds it out by another's "
                   f"drain ({entry.reason!r}): kiln leaves it")
         return
@@ -200,6 +218,9 @@ class QuarantineFailedNodes(BaseStateCallback):
                                 self.errors.lines.pop(host_.name, []))
         try:
             quarantine(node, ctx.ledger_path, pool_for(host_), reason)
+            declared = gate_pkey(host_)
+            if declared is not None:
+                set_membership(host_, declared, node, member=False)
         except Exception as exc:  # noqa: BLE001 - the run goes on; the record says why not
             host_.log_styled(f"gate: could not quarantine {node}: {exc}", fg="red",
                              log_func=logger.error)
