@@ -12,9 +12,10 @@ never resumed (kiln.roles.pool's rule).
 The commands run where `scontrol` reaches slurmctld: on the inventory host group data names
 (`kiln_pool: {backend: slurm, controller: svc-001}`), through that host's own pyinfra
 connection (its SSH login and keys, as for every other command kiln runs), or on the
-machine kiln runs on (`controller: "@local"`). At most MAX_CONCURRENT commands run on the
-controller at a time: sshd allows 10 sessions on one connection by default, and every GPU
-node of a run shares the controller's.
+machine kiln runs on (`controller: "@local"`). One command runs on the controller at a time:
+every GPU node of a run shares the controller's one pyinfra connection, and pyinfra's SSH
+connector runs one command at a time on a host (two at once broke a session in the lab:
+paramiko's "unhandled type 3", then a command that never returned). A read is ~20 ms.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from kiln.core.context import node_context
 from kiln.core.errors import KilnError
 from kiln.roles.pool.model import HeldByAnother, Membership, PoolEntry, kiln_reason, membership_of
 
-MAX_CONCURRENT = 4
+MAX_CONCURRENT = 1  # per controller: see the module docstring
 TIMEOUT_S = 60  # scontrol's own retries to a slurmctld that is down take ~ 20 s
 
 
@@ -214,6 +215,7 @@ def _gate(controller: str) -> Any:
     return _GATES[controller]
 
 
+
 def controller_runner(host: Any, controller: str) -> Runner:
     """Run scontrol on `controller`: an inventory host (through its pyinfra connection,
     opened if this run has not) or "@local"."""
@@ -221,11 +223,11 @@ def controller_runner(host: Any, controller: str) -> Runner:
         def local(argv: list[str]) -> Reply:
             return _local(argv)
 
-        local.where = "slurm (scontrol on this machine)"  # type: ignore[attr-defined]
+        local.where = "Slurm pool (scontrol on this machine)"  # type: ignore[attr-defined]
         return local
     from pyinfra.api.command import StringCommand
 
-    where = f"slurm on {controller}"
+    where = f"Slurm pool on {controller}"
     try:
         target = host.state.inventory.get_host(controller)
     except Exception:  # noqa: BLE001 - pyinfra's NoHostError and a host with no state alike
@@ -242,9 +244,12 @@ def controller_runner(host: Any, controller: str) -> Runner:
                     target.connect(raise_exceptions=True, show_errors=False)
                 except Exception as exc:  # noqa: BLE001 - pyinfra's ConnectError and its causes
                     return Reply(False, "", f"cannot reach {controller}: {exc}")
-            ok, output = target.run_shell_command(StringCommand(shlex.join(argv)),
-                                                  print_output=False, print_input=False,
-                                                  timeout=TIMEOUT_S, _sudo=sudo)
+            try:
+                ok, output = target.run_shell_command(StringCommand(shlex.join(argv)),
+                                                      print_output=False, print_input=False,
+                                                      _timeout=TIMEOUT_S, _sudo=sudo)
+            except Exception as exc:  # noqa: BLE001 - a lost connection, a timeout: said
+                return Reply(False, "", f"on {controller}: {type(exc).__name__}: {exc}")
         return Reply(ok, output.stdout, output.stderr)
 
     remote.where = where  # type: ignore[attr-defined]
