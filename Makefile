@@ -27,16 +27,19 @@ lint: venv
 	$(BIN)/lint-imports
 
 unit: venv
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -n 2 --dist loadfile tests/unit
 
 # Lab tests need root and the lab's packages; they start and stop their own lab.
 lab-test: venv host-packages
 	$(BIN)/pytest tests/lab
 
+# Unit tests need no lab and run on two workers (a module's tests on one: they share its
+# fixtures); the rest share one lab, one per machine, so they run in order in one process.
 test: venv host-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest tests --durations=40
+	$(BIN)/pytest -n 2 --dist loadfile tests/unit --durations=15
+	$(BIN)/pytest tests/integration tests/lab --durations=40
 
 demo: venv host-packages
 	@$(BIN)/kiln demo

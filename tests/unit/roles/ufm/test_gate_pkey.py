@@ -4,7 +4,7 @@ this process: one node's ports join or leave, and no other member is touched."""
 from __future__ import annotations
 
 import pytest
-from ufm_served import ENV, Served, make_lab
+from ufm_served import ENV, served_lab
 
 from kiln.core.errors import KilnError
 from kiln.core.fabric import PKeyDeclaration, normalise_guid
@@ -17,11 +17,8 @@ DECLARED = PKeyDeclaration(pkey="0x0b34", name="pool-tenant", members={"gpu-002"
 
 @pytest.fixture
 def ufm(tmp_path, monkeypatch):
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
-    served = Served(make_lab(tmp_path / "lab", gpu_nodes=3))
-    yield served
-    served.close()
+    with served_lab(tmp_path / "lab", monkeypatch, gpu_nodes=3) as served:
+        yield served
 
 
 @pytest.fixture

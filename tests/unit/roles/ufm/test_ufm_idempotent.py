@@ -9,7 +9,7 @@ import time
 
 import pytest
 from test_ufm_pkeys import run
-from ufm_served import ENV, Served, make_lab
+from ufm_served import served_lab
 
 from kiln.core.checks import Status
 from kiln.core.ledger import Ledger, last_results
@@ -19,11 +19,8 @@ from kiln.roles.ufm import CHECK_NAME, fabric_healthy
 
 @pytest.fixture
 def ufm(tmp_path, monkeypatch):
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
-    served = Served(make_lab(tmp_path / "lab", gpu_nodes=2))
-    yield served
-    served.close()
+    with served_lab(tmp_path / "lab", monkeypatch, gpu_nodes=2) as served:
+        yield served
 
 
 def test_a_converged_fabric_changes_nothing_the_second_time(ufm, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ufm_served import ENV, Served, make_lab
+from ufm_served import ENV, served_lab
 
 from kiln.core.context import node_context
 from kiln.core.errors import KilnError
@@ -21,11 +21,8 @@ PKEYS = [{"pkey": "0xa12", "name": "tenant_acme", "membership": "full",
 
 @pytest.fixture
 def ufm(tmp_path, monkeypatch):
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
-    served = Served(make_lab(tmp_path / "lab", gpu_nodes=3))
-    yield served
-    served.close()
+    with served_lab(tmp_path / "lab", monkeypatch, gpu_nodes=3) as served:
+        yield served
 
 
 def guids(ufm, node):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +89,16 @@ def _profile(lab: Path, node: str) -> dict[str, Any]:
 
 
 ENV = {"KILN_UFM_USERNAME": USER, "KILN_UFM_PASSWORD": PASSWORD}
+
+
+@contextmanager
+def served_lab(root: Path, monkeypatch: Any, gpu_nodes: int) -> Iterator[Served]:
+    """A lab of `gpu_nodes` under `root` with its UFM simulator served, and the UFM
+    credentials in the environment, for the length of a test."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    served = Served(make_lab(root, gpu_nodes=gpu_nodes))
+    try:
+        yield served
+    finally:
+        served.close()
