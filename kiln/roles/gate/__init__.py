@@ -93,13 +93,15 @@ def _admit(state: State, host: Any,  # noqa: ARG001 - pyinfra passes state, host
                 book.transition(node, to, _WHY[to])
     finally:
         book.close()
-    pool = pool_for(host)
     try:
+        pool = pool_for(host)
         added = pool.add(node)
     except HeldByAnother as exc:
         host.log_styled(f"gate: {node} passed, but stays out: {exc}", fg="yellow",
                         log_func=logger.warning)
         return _follow_pool(host, node, member=False)
+    except KilnError as exc:
+        return fail_host(host, f"gate: {node} passed, but could not be pooled: {exc}")
     host.log(f"gate: {node} pooled" + (" (ledger: " + " -> ".join(moves) + ")" if moves
                                         else f" (back in the {pool.where})" if added else ""),
               log_func=logger.info)

@@ -97,11 +97,15 @@ def _drain(host_: Host, node: str, ledger: str, combined: Combined) -> None:
     """A pooled node that turned CRITICAL leaves the pool with kiln's reason."""
     first = combined.having(Status.CRITICAL)[0]
     reason = HEALTH_REASON + first.message
-    pool = pool_for(host_)
-    if pool.entry(node).membership == Membership.POOLED:
-        pool.drain(node, reason)
-        host_.log(f"pool: drained {node} from the {pool.where} ({reason})",
-                  log_func=logger.warning)
+    try:
+        pool = pool_for(host_)
+        if pool.entry(node).membership == Membership.POOLED:
+            pool.drain(node, reason)
+            host_.log(f"pool: drained {node} from the {pool.where} ({reason})",
+                      log_func=logger.warning)
+    except KilnError as exc:  # the node still fails: the run's report says it was not drained
+        host_.log_styled(f"pool: could not drain {node}: {exc}", fg="red",
+                         log_func=logger.error)
     book = Ledger(ledger)
     try:
         if book.state(node) == NodeState.POOLED:
