@@ -144,7 +144,9 @@ class SlurmPool:
         name = self._slurm_name(node)
         reply = self._run(["scontrol", "-o", "show", "node", name])
         said = (reply.stderr + reply.stdout).strip()
-        if not reply.ok and re.search(r"not found", said, re.IGNORECASE):
+        # Slurm 22.05 says so on stdout, exit 1 (tests/fixtures/slurm/show-node-nosuch.stdout).
+        if not reply.ok and re.search(rf"^Node {re.escape(name)} not found$", reply.stdout,
+                                      re.MULTILINE):
             return None
         if not reply.ok:
             raise SlurmError(f"{self.where}: `scontrol -o show node {name}` failed: "

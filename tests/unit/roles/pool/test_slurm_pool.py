@@ -38,7 +38,8 @@ class Controller:
         if argv[:4] == ["scontrol", "-o", "show", "node"]:
             name = argv[4]
             if name not in self.nodes:
-                return Reply(False, f"Node {name} not found\n", "")
+                return Reply(False, capture("show-node-nosuch.stdout").replace("nosuch", name),
+                             "")
             return Reply(True, self.nodes[name] + "\n", "")
         if argv[:2] == ["scontrol", "update"]:
             return Reply(True, "", "")
@@ -135,3 +136,26 @@ def test_an_unreachable_slurmctld_is_an_error_naming_the_controller_and_command(
     with pytest.raises(SlurmError, match=r"slurm on svc-001: `scontrol -o show node gpu-001` "
                                          r"failed: slurm_load_node error: Unable to contact"):
         pool.entry("gpu-001")
+
+
+def test_scontrol_run_where_kiln_runs_is_named_when_it_is_missing(monkeypatch, tmp_path):
+    from kiln.roles.pool.slurm import controller_runner
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol on this machine's PATH
+    pool = SlurmPool(controller_runner(None, "@local"))
+    with pytest.raises(SlurmError, match=r"Slurm pool \(scontrol on this machine\): `scontrol "
+                                         r"-o show node gpu-001` failed: scontrol: not found"):
+        pool.entry("gpu-001")
+
+
+def test_a_controller_that_is_not_in_the_inventory_is_named():
+    from types import SimpleNamespace
+
+    from pyinfra.api import Config, Inventory, State
+
+    from kiln.roles.pool.slurm import controller_runner
+
+    state = State(Inventory(([("gpu-001", {})], {})), Config())
+    with pytest.raises(KilnError, match="kiln_pool.controller: 'slurm-head' is not a host of "
+                                        "this inventory"):
+        controller_runner(SimpleNamespace(state=state), "slurm-head")
