@@ -355,7 +355,8 @@ def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):
     assert fw.redfish(REDFISH_NODE) == {"BIOS": "1.6.2", "BMC": "1.08.00"}
     assert fw.nic_versions(NIC_NODE) == {"28.43.1014"}
     assert REDFISH_NODE not in fw.pool.members()
-    assert fw.pool.drained()[REDFISH_NODE].startswith("firmware update: bios -> 1.6.2")
+    assert fw.pool.drained()[REDFISH_NODE].startswith(
+        "kiln: firmware update: bios -> 1.6.2")
     suite = fw.suite()
     assert suite.returncode == 0, suite.stdout + suite.stderr
     assert re.search(r"\b6 passed\b", suite.stdout), suite.stdout
