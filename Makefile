@@ -33,13 +33,14 @@ unit: venv
 lab-test: venv host-packages
 	$(BIN)/pytest tests/lab
 
-# Unit tests need no lab and run on two workers (a module's tests on one: they share its
-# fixtures); the rest share one lab, one per machine, so they run in order in one process.
+# Unit and integration tests need no lab (each makes its own stand-ins in a temporary
+# directory) and run on two workers, a module's tests on one (they share its fixtures); the
+# lab tests share one lab, one per machine, so they run in order in one process.
 test: venv host-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n 2 --dist loadfile tests/unit --durations=15
-	$(BIN)/pytest tests/integration tests/lab --durations=40
+	$(BIN)/pytest -n 2 --dist loadfile tests/unit tests/integration --durations=15
+	$(BIN)/pytest tests/lab --durations=40
 
 demo: venv host-packages
 	@$(BIN)/kiln demo

@@ -338,8 +338,8 @@ def test_update_through_redfish_and_mlxfwmanager_runs_the_new_versions(fw):
     result = fw.firmware()
     assert result.returncode == 0, result.stdout
     redfish = node_lines(result, REDFISH_NODE)
-    assert f"pool: drained {REDFISH_NODE} (firmware update: bios -> 1.6.2, bmc -> 1.08.00)" \
-        in redfish, redfish
+    assert f"pool: drained {REDFISH_NODE} from the file pool {fw.pool.path} (firmware update: " \
+           "bios -> 1.6.2, bmc -> 1.08.00)" in redfish, redfish
     for item, blob in (("BIOS", "lab-bios-1.6.2.bin"), ("BMC", "lab-bmc-1.08.00.bin")):
         assert re.search(rf"firmware: \S+ {item} <- {blob} through the BMC \(task "
                          rf"/redfish/v1/TaskService/Tasks/\S+: Completed\)", redfish), redfish

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.lab
 
 # What sshd and the login session write on every connection, preview or not.
 LOGIN_VOLATILE = ("var/log/", "run/", "tmp/", "var/tmp/", "var/cache/private/")
+# What the lab's Slurm daemons save on their own, every few minutes, whoever runs what:
+# slurmctld's state save (node_state, job_state, ...) and slurmd's spool.
+SCHEDULER_STATE = ("var/lib/slurm/",)
 
 
 def tree_digest(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -50,7 +53,8 @@ def everything(lab, state: Path) -> dict[str, dict[str, str]]:
     seen = {"controller state": tree_digest(state),
             "lab mirror state": tree_digest(mirror_state_dir(lab_dir))}
     for node in lab.nodes:
-        seen[node.name] = tree_digest(lab_dir / "nodes" / node.name / "upper", LOGIN_VOLATILE)
+        seen[node.name] = tree_digest(lab_dir / "nodes" / node.name / "upper",
+                                       LOGIN_VOLATILE + SCHEDULER_STATE)
     return seen
 
 
